@@ -1,0 +1,460 @@
+// HTTP/HTTPS prober.
+//
+// Latency spans, on the monotonic clock, from just before the request is
+// handed to the HTTP client until the response body has been read to its
+// end (or to max_body_size). It therefore includes, for a fresh connection,
+// the DNS lookup, the TCP connect, a proxy's CONNECT and the TLS handshake,
+// then writing the request, the server's think time and the body transfer.
+// With follow_redirects it spans the whole chain of requests; the bodies of
+// intermediate redirects are discarded by the client and only the final
+// body is read. On a status mismatch the body is not read (the verdict is
+// known from the status line) and latency stops at the response headers;
+// either way latency is only a sample when the outcome is Success.
+//
+// Fields (float64 seconds, summed over redirects; a phase that did not
+// happen is absent): dns_lookup, tcp_connect, tls_handshake,
+// time_to_first_byte (request written → first response byte),
+// body_transfer (final first byte → body read). Also http_response_code
+// (int64, whenever a response came) and, for a TLS connection,
+// tls_cert_expiry (seconds until the verified chain expires, negative once
+// expired) and tls_version ("1.3").
+//
+// Redirects: follow_redirects = false (default) returns the 3xx itself as
+// the answer. With follow_redirects = true at most 10 redirects are
+// followed; the 11th is not, and the probe ends with
+// ResponseStatusCodeMismatch (http_response_code = the last 3xx, Err
+// "stopped after 10 redirects"), whatever expected_status says. A slow
+// redirect loop ends at the deadline with Timeout.
+//
+// Requests use HTTP/1.1. Each prober owns one http.Transport; without
+// keep_alive every probe opens (and closes) its own connection.
+
+package probe
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/influxdata/telegraf/config"
+)
+
+const (
+	// DefaultMaxBodySize is the max_body_size when none is set.
+	DefaultMaxBodySize = 1 << 20
+	// MaxRedirects is how many redirects follow_redirects follows.
+	MaxRedirects = 10
+
+	maxResponseHeaderBytes = 256 << 10
+	idleConnTimeout        = 90 * time.Second
+)
+
+var errTooManyRedirects = fmt.Errorf("stopped after %d redirects", MaxRedirects)
+
+type authKind uint8
+
+const (
+	authNone   authKind = iota // nothing, or URL userinfo baked into the header
+	authBasic                  // username/password secrets
+	authBearer                 // bearer_token secret
+)
+
+type httpProber struct {
+	client    *http.Client
+	transport *http.Transport
+	// base carries method, URL, headers and Host; it is shared read-only
+	// by concurrent probes (each gets a shallow copy via WithContext).
+	base     *http.Request
+	body     string
+	getBody  func() (io.ReadCloser, error)
+	timeout  time.Duration
+	expected statusSet
+	contains []byte
+	re       *regexp.Regexp
+	maxBody  int64
+
+	auth                       authKind
+	username, password, bearer config.Secret
+}
+
+func newHTTP(u *url.URL, timeout time.Duration, o *Options) (*httpProber, error) {
+	if _, _, err := hostPort(u, false); err != nil {
+		return nil, err
+	}
+	var err error
+	p := &httpProber{timeout: timeout, body: o.Body}
+
+	method := o.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	if !isToken(method) {
+		return nil, fmt.Errorf("method: invalid method %q", method)
+	}
+
+	header := make(http.Header, len(o.Headers)+2)
+	header.Set("User-Agent", UserAgent)
+	reqHost := ""
+	for k, v := range o.Headers {
+		if !isToken(k) {
+			return nil, fmt.Errorf("headers: invalid header name %q", k)
+		}
+		if strings.ContainsAny(v, "\r\n\x00") {
+			return nil, fmt.Errorf("headers: invalid value for header %q", k)
+		}
+		if strings.EqualFold(k, "Host") {
+			reqHost = v
+			continue
+		}
+		header.Set(k, v)
+	}
+
+	if err := p.expected.parse(o.ExpectedStatus); err != nil {
+		return nil, err
+	}
+	if o.BodyContains != "" {
+		p.contains = []byte(o.BodyContains)
+	}
+	if o.BodyRegex != "" {
+		if p.re, err = regexp.Compile(o.BodyRegex); err != nil {
+			return nil, fmt.Errorf("body_regex: %w", err)
+		}
+	}
+	switch {
+	case o.MaxBodySize < 0:
+		return nil, fmt.Errorf("max_body_size: must be >= 0, got %d", o.MaxBodySize)
+	case o.MaxBodySize == 0:
+		p.maxBody = DefaultMaxBodySize
+	default:
+		p.maxBody = int64(o.MaxBodySize)
+	}
+
+	// Credentials: bearer_token, else username/password, else URL userinfo.
+	basic := !o.Username.Empty() || !o.Password.Empty()
+	switch {
+	case !o.BearerToken.Empty() && (basic || u.User != nil):
+		return nil, errors.New("bearer_token: cannot be combined with username/password or URL credentials")
+	case !o.BearerToken.Empty():
+		p.auth, p.bearer = authBearer, o.BearerToken
+	case basic:
+		p.auth, p.username, p.password = authBasic, o.Username, o.Password
+	case u.User != nil:
+		pw, _ := u.User.Password()
+		header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pw)))
+	}
+
+	tlsCfg, err := buildTLS(&o.ClientConfig)
+	if err != nil {
+		return nil, err
+	}
+
+	if o.HTTPProxyURL != "" {
+		pu, err := url.Parse(o.HTTPProxyURL)
+		if err != nil {
+			return nil, fmt.Errorf("http_proxy_url: cannot parse %q", Redact(o.HTTPProxyURL))
+		}
+		switch pu.Scheme {
+		case "http", "https", "socks5", "socks5h":
+		default:
+			return nil, fmt.Errorf("http_proxy_url: unsupported scheme %q (want http, https, socks5)", pu.Scheme)
+		}
+		if pu.Host == "" {
+			return nil, fmt.Errorf("http_proxy_url: missing host in %q", Redact(o.HTTPProxyURL))
+		}
+	}
+	proxyFunc, err := o.HTTPProxy.Proxy()
+	if err != nil {
+		return nil, errors.New("http_proxy_url: cannot parse")
+	}
+
+	keepAlive := o.KeepAlive != nil && *o.KeepAlive
+	dialer := &net.Dialer{Timeout: timeout, KeepAlive: -1}
+	if keepAlive {
+		dialer.KeepAlive = 0 // Go's default TCP keep-alive
+	}
+	p.transport = &http.Transport{
+		Proxy:                  proxyFunc,
+		DialContext:            dialer.DialContext,
+		TLSClientConfig:        tlsCfg,
+		TLSHandshakeTimeout:    timeout,
+		DisableKeepAlives:      !keepAlive,
+		MaxIdleConnsPerHost:    2,
+		IdleConnTimeout:        idleConnTimeout,
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+	}
+	follow := o.FollowRedirects != nil && *o.FollowRedirects
+	p.client = &http.Client{
+		Transport: p.transport,
+		CheckRedirect: func(_ *http.Request, via []*http.Request) error {
+			if !follow {
+				return http.ErrUseLastResponse
+			}
+			if len(via) > MaxRedirects {
+				return errTooManyRedirects
+			}
+			return nil
+		},
+	}
+
+	target := *u
+	target.User = nil
+	p.base = &http.Request{
+		Method:     method,
+		URL:        &target,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     header,
+		Host:       reqHost,
+	}
+	if p.body != "" {
+		p.getBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(p.body)), nil }
+	}
+	return p, nil
+}
+
+// Kind returns "http" (for http and https URLs).
+func (*httpProber) Kind() string { return "http" }
+
+// Close closes the transport's idle (keep-alive) connections.
+func (p *httpProber) Close() { p.transport.CloseIdleConnections() }
+
+// Probe sends one request and reads the answer; see the file comment.
+func (p *httpProber) Probe(parent context.Context) Result {
+	ctx, cancel := context.WithTimeout(parent, p.timeout)
+	defer cancel()
+
+	ph := new(phases)
+	req := p.base.WithContext(httptrace.WithClientTrace(ctx, ph.trace()))
+	if p.body != "" {
+		req.Body, _ = p.getBody()
+		req.GetBody = p.getBody
+		req.ContentLength = int64(len(p.body))
+	}
+	if err := p.authorize(req); err != nil {
+		return Result{Outcome: ConnectionFailed, Err: err}
+	}
+
+	start := time.Now()
+	resp, err := p.client.Do(req)
+	if err != nil {
+		now := time.Now()
+		ph.mu.Lock()
+		defer ph.mu.Unlock()
+		if resp != nil && errors.Is(err, errTooManyRedirects) {
+			return Result{
+				Outcome: ResponseStatusCodeMismatch,
+				Latency: now.Sub(start),
+				Err:     err,
+				Fields:  ph.httpFields(resp, time.Time{}, now),
+			}
+		}
+		return Result{
+			Outcome: classify(ctx, err, ph.tlsFailed),
+			Latency: now.Sub(start),
+			Err:     err,
+			Fields:  ph.httpFields(nil, time.Time{}, now),
+		}
+	}
+	defer resp.Body.Close()
+
+	if !p.expected.has(resp.StatusCode) {
+		now := time.Now()
+		ph.mu.Lock()
+		defer ph.mu.Unlock()
+		return Result{
+			Outcome: ResponseStatusCodeMismatch,
+			Latency: now.Sub(start),
+			Err:     fmt.Errorf("status %d is not an expected_status", resp.StatusCode),
+			Fields:  ph.httpFields(resp, time.Time{}, now),
+		}
+	}
+
+	outcome, err := p.readBody(resp.Body)
+	end := time.Now()
+	if outcome == BodyReadError && (ctx.Err() != nil || classify(ctx, err, false) == Timeout) {
+		outcome = Timeout
+	}
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	return Result{
+		Outcome: outcome,
+		Latency: end.Sub(start),
+		Err:     err,
+		Fields:  ph.httpFields(resp, end, end),
+	}
+}
+
+var (
+	errBodyTooLarge     = errors.New("body exceeds max_body_size")
+	errBodyContains     = errors.New("body does not contain body_contains")
+	errBodyRegex        = errors.New("body does not match body_regex")
+	errSecretProtection = errors.New("cannot read secret")
+)
+
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+const maxPooledBody = 256 << 10
+
+// readBody reads body to its end (at most maxBody bytes) and matches it.
+func (p *httpProber) readBody(body io.Reader) (Outcome, error) {
+	lr := &io.LimitedReader{R: body, N: p.maxBody + 1}
+	if p.contains == nil && p.re == nil {
+		if _, err := io.Copy(io.Discard, lr); err != nil {
+			return BodyReadError, err
+		}
+		if lr.N <= 0 {
+			return BodyReadError, errBodyTooLarge
+		}
+		return Success, nil
+	}
+
+	buf := bodyPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= maxPooledBody {
+			bodyPool.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(lr); err != nil {
+		return BodyReadError, err
+	}
+	if lr.N <= 0 {
+		return BodyReadError, errBodyTooLarge
+	}
+	if p.contains != nil && !bytes.Contains(buf.Bytes(), p.contains) {
+		return ResponseStringMismatch, errBodyContains
+	}
+	if p.re != nil && !p.re.Match(buf.Bytes()) {
+		return ResponseStringMismatch, errBodyRegex
+	}
+	return Success, nil
+}
+
+// authorize adds the credentials that live in secrets. The plain text is
+// held only for the duration of the call; the buffers are wiped.
+func (p *httpProber) authorize(req *http.Request) error {
+	switch p.auth {
+	case authBasic:
+		user, err := p.username.Get()
+		if err != nil {
+			return fmt.Errorf("username: %w: %w", errSecretProtection, err)
+		}
+		defer user.Destroy()
+		pass, err := p.password.Get()
+		if err != nil {
+			return fmt.Errorf("password: %w: %w", errSecretProtection, err)
+		}
+		defer pass.Destroy()
+		u, pw := user.Bytes(), pass.Bytes()
+		plain := make([]byte, len(u)+1+len(pw))
+		copy(plain, u)
+		plain[len(u)] = ':'
+		copy(plain[len(u)+1:], pw)
+		enc := make([]byte, len("Basic ")+base64.StdEncoding.EncodedLen(len(plain)))
+		copy(enc, "Basic ")
+		base64.StdEncoding.Encode(enc[len("Basic "):], plain)
+		clear(plain)
+		req.Header = req.Header.Clone()
+		req.Header.Set("Authorization", string(enc))
+		clear(enc)
+	case authBearer:
+		tok, err := p.bearer.Get()
+		if err != nil {
+			return fmt.Errorf("bearer_token: %w: %w", errSecretProtection, err)
+		}
+		defer tok.Destroy()
+		req.Header = req.Header.Clone()
+		req.Header.Set("Authorization", "Bearer "+tok.TemporaryString())
+	}
+	return nil
+}
+
+// httpFields builds the result fields; ph.mu must be held. resp is the
+// final response (nil if none came); bodyEnd is when the body was read
+// (zero if it was not).
+func (ph *phases) httpFields(resp *http.Response, bodyEnd, now time.Time) []Field {
+	f := make([]Field, 0, 8)
+	f = ph.appendDial(f)
+	if ph.did&didTLS != 0 {
+		f = append(f, Field{"tls_handshake", ph.handshake.Seconds()})
+	}
+	if ph.did&didTTFB != 0 {
+		f = append(f, Field{"time_to_first_byte", ph.ttfb.Seconds()})
+	}
+	if !bodyEnd.IsZero() && !ph.first.IsZero() {
+		f = append(f, Field{"body_transfer", bodyEnd.Sub(ph.first).Seconds()})
+	}
+	if resp != nil {
+		f = append(f, Field{"http_response_code", int64(resp.StatusCode)})
+		if resp.TLS != nil {
+			f = tlsFields(f, resp.TLS, now)
+		}
+	}
+	return f
+}
+
+// statusSet is a bit set of the HTTP status codes 0..639.
+type statusSet [10]uint64
+
+func (s *statusSet) add(lo, hi int) {
+	for c := lo; c <= hi; c++ {
+		s[c>>6] |= 1 << (c & 63)
+	}
+}
+
+func (s *statusSet) has(code int) bool {
+	return code >= 0 && code < 640 && s[code>>6]&(1<<(code&63)) != 0
+}
+
+// parse fills s from expected_status entries; none means 2xx and 3xx.
+func (s *statusSet) parse(list StatusList) error {
+	if len(list) == 0 {
+		s.add(200, 399)
+		return nil
+	}
+	for _, e := range list {
+		e = strings.TrimSpace(e)
+		if len(e) == 3 && e[0] >= '1' && e[0] <= '5' && strings.EqualFold(e[1:], "xx") {
+			lo := int(e[0]-'0') * 100
+			s.add(lo, lo+99)
+			continue
+		}
+		n, err := strconv.Atoi(e)
+		if err != nil || n < 100 || n > 599 {
+			return fmt.Errorf("expected_status: invalid entry %q (want a code like 200 or a class like 2xx)", e)
+		}
+		s.add(n, n)
+	}
+	return nil
+}
+
+// isToken reports whether s is a non-empty RFC 9110 token (method or header
+// name).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}

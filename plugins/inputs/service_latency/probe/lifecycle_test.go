@@ -1,0 +1,82 @@
+package probe
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+// TestNoGoroutineOutlivesProbe runs probes of every kind, successful and
+// failing (timeouts included), then closes the probers: nothing they
+// started may keep running.
+func TestNoGoroutineOutlivesProbe(t *testing.T) {
+	httpSrv, _ := newHTTPServer(t, ok)
+	slowSrv, _ := newHTTPServer(t, func(_ http.ResponseWriter, r *http.Request) { waitDone(r) })
+	silent := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
+	udp, tcp := dnsServer(t)
+	refused := freePort(t)
+	ignore := goleak.IgnoreCurrent()
+
+	const timeout = 150 * time.Millisecond
+	urls := map[string]Options{
+		httpSrv.URL + "/":                           {},
+		httpSrv.URL + "/ka":                         {KeepAlive: ptr(true)},
+		slowSrv.URL + "/":                           {},
+		slowSrv.URL + "/ka":                         {KeepAlive: ptr(true)},
+		"http://" + refused + "/":                   {},
+		"tcp://" + silent:                           {},
+		"tcp://" + silent + "/":                     {Expect: "x"},
+		"tcp://" + refused:                          {},
+		"dns://" + udp + "/a.test":                  {},
+		"dns://" + tcp + "/a.test?transport=tcp":    {},
+		"dns://" + silent + "/a.test?transport=tcp": {},
+	}
+	var probers []Prober
+	for u, o := range urls {
+		p, err := New(u, timeout, o)
+		require.NoError(t, err, u)
+		probers = append(probers, p)
+	}
+	for i := 0; i < 2; i++ {
+		for _, p := range probers {
+			start := time.Now()
+			p.Probe(context.Background())
+			require.Less(t, time.Since(start), timeout+deadlineSlack)
+		}
+	}
+	for _, p := range probers {
+		p.Close()
+	}
+	goleak.VerifyNone(t, ignore)
+}
+
+func benchmarkProbe(b *testing.B, p Prober) {
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if r := p.Probe(context.Background()); r.Outcome != Success {
+			b.Fatal(r.Outcome, r.Err)
+		}
+	}
+}
+
+func BenchmarkHTTPProbe(b *testing.B) {
+	srv, _ := newHTTPServer(b, ok)
+	for _, ka := range []bool{false, true} {
+		name := "fresh_connection"
+		if ka {
+			name = "keep_alive"
+		}
+		b.Run(name, func(b *testing.B) {
+			p, err := New(srv.URL+"/", time.Second, Options{KeepAlive: ptr(ka), BodyContains: "ok"})
+			require.NoError(b, err)
+			defer p.Close()
+			benchmarkProbe(b, p)
+		})
+	}
+}
