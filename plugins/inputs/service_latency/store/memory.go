@@ -1,0 +1,206 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
+)
+
+// Memory keeps the state in the process.
+type Memory struct {
+	mu     sync.Mutex
+	states map[string]*memEntry
+	// bad holds, per service, why its imported entry was rejected: the
+	// warning of its next Update (which starts over from the sample).
+	bad map[string]error
+	// pruneNext drops, at the next Update, the services it does not
+	// observe: imported state of services no longer configured.
+	pruneNext bool
+}
+
+type memEntry struct {
+	state  *stats.State
+	params stats.Params
+}
+
+// NewMemory returns an empty memory store.
+func NewMemory() *Memory {
+	return &Memory{states: make(map[string]*memEntry)}
+}
+
+// Update implements Store.
+func (m *Memory) Update(_ context.Context, now time.Time, obs []Observation) ([]Result, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pruneNext {
+		m.pruneNext = false
+		seen := make(map[string]bool, len(obs))
+		for i := range obs {
+			seen[obs[i].Service] = true
+		}
+		for name := range m.states {
+			if !seen[name] {
+				delete(m.states, name)
+			}
+		}
+		for name := range m.bad {
+			if !seen[name] {
+				delete(m.bad, name)
+			}
+		}
+	}
+	out := make([]Result, len(obs))
+	for i := range obs {
+		o := &obs[i]
+		out[i] = m.apply(now, o)
+		if err, ok := m.bad[o.Service]; ok {
+			delete(m.bad, o.Service)
+			if out[i].Warning == nil {
+				out[i].Warning = err
+			}
+		}
+	}
+	return out, nil
+}
+
+func (m *Memory) apply(now time.Time, o *Observation) Result {
+	var warn error
+	e := m.states[o.Service]
+	switch {
+	case e == nil:
+		e = &memEntry{state: stats.NewState(o.Params), params: o.Params}
+		m.states[o.Service] = e
+	default:
+		if !sameParams(e.params, o.Params) && e.state != nil && e.state.Validate(e.params) == nil {
+			e.state.Resize(o.Params)
+			if !slices.Equal(e.params.Buckets, o.Params.Buckets) {
+				// Resize rebuilds only when the number of buckets changes.
+				e.state.RebuildBuckets(o.Params)
+			}
+			e.params = o.Params
+		}
+		if e.state == nil {
+			warn = fmt.Errorf("state of service %q is missing; starting over from the current sample", o.Service)
+		} else if err := e.state.Validate(o.Params); err != nil {
+			warn = fmt.Errorf("state of service %q is malformed (%w); starting over from the current sample", o.Service, err)
+		}
+		if warn != nil {
+			e.state = stats.NewState(o.Params)
+			e.params = o.Params
+		}
+	}
+	e.state.Observe(now, o.OK, o.Latency, o.Params)
+	return Result{State: e.state, Warning: warn}
+}
+
+func sameParams(a, b stats.Params) bool {
+	return a.Window == b.Window && a.HalfLife == b.HalfLife && slices.Equal(a.Buckets, b.Buckets)
+}
+
+// Retain implements Store.
+func (m *Memory) Retain(keep func(string) bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name := range m.states {
+		if !keep(name) {
+			delete(m.states, name)
+		}
+	}
+	for name := range m.bad {
+		if !keep(name) {
+			delete(m.bad, name)
+		}
+	}
+}
+
+// Close implements Store.
+func (*Memory) Close() error { return nil }
+
+// State returns the live state of a service (nil when there is none). It
+// is meant for tests and for loading persisted state; the caller must not
+// use it concurrently with Update.
+func (m *Memory) State(service string) *stats.State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e := m.states[service]; e != nil {
+		return e.state
+	}
+	return nil
+}
+
+// Put replaces the state of a service (used to load persisted state).
+func (m *Memory) Put(service string, s *stats.State, p stats.Params) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.states[service] = &memEntry{state: s, params: p}
+}
+
+// Services lists the services with state, sorted.
+func (m *Memory) Services() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	names := make([]string, 0, len(m.states))
+	for n := range m.states {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Export implements Persister. Only states that are valid for their
+// Params are exported (a malformed one falls back at its next Update
+// anyway).
+func (m *Memory) Export() *Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	snap := &Snapshot{Version: SnapshotVersion, Services: make(map[string]json.RawMessage, len(m.states))}
+	for name, e := range m.states {
+		if e.state == nil {
+			continue
+		}
+		raw, err := encodeEntry(e.state, e.params)
+		if err != nil {
+			continue
+		}
+		snap.Services[name] = raw
+	}
+	return snap
+}
+
+// Import implements Persister.
+func (m *Memory) Import(snap *Snapshot) error {
+	_, err := m.importSnapshot(snap, "")
+	return err
+}
+
+// importSnapshot replaces the state with snap's and returns the number of
+// malformed entries. source ("state file /x") is named in their warnings.
+func (m *Memory) importSnapshot(snap *Snapshot, source string) (int, error) {
+	if err := checkSnapshot(snap); err != nil {
+		return 0, err
+	}
+	if source == "" {
+		source = "the imported state"
+	}
+	states := make(map[string]*memEntry, len(snap.Services))
+	bad := make(map[string]error)
+	for name, raw := range snap.Services {
+		s, p, err := decodeEntry(raw)
+		if err != nil {
+			bad[name] = fmt.Errorf("state of service %q in %s is malformed (%w); starting over from the current sample", name, source, err)
+			continue
+		}
+		states[name] = &memEntry{state: s, params: p}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.states = states
+	m.bad = bad
+	m.pruneNext = true
+	return len(bad), nil
+}

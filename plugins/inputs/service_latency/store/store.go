@@ -1,0 +1,68 @@
+// Package store keeps every service's latency state between gathers.
+//
+// The plugin hands a store one gather's observations and gets back each
+// service's resulting state; it does not know where the state lives. The
+// memory store keeps it in the process (optionally persisted to a state
+// file); the redis store keeps it in Redis, shared by every agent that
+// probes the same services.
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
+)
+
+// Observation is one probe's outcome for one service.
+type Observation struct {
+	// Service is the stable key of the state (the service name).
+	Service string
+	// Params shape the service's state (window, EWMA half-life, buckets).
+	Params stats.Params
+	// OK is true when the probe succeeded and Latency is a sample.
+	OK bool
+	// Latency in seconds; only meaningful when OK.
+	Latency float64
+}
+
+// Result is a service's state after an Update.
+type Result struct {
+	// State after the observation was applied. It is read-only for the
+	// caller and valid until the next Update.
+	State *stats.State
+	// Warning is set when the stored state was missing parts or malformed
+	// and the service fell back to a fresh state seeded with the current
+	// observation, or when the state came from a degraded path (e.g. a
+	// shared store that could not be reached). The gather goes on.
+	Warning error
+}
+
+// Store keeps per-service state across gathers. Update is never called
+// concurrently with itself.
+type Store interface {
+	// Update applies one gather's observations, taken at now, and returns
+	// one Result per observation, in the same order. An error means no
+	// result at all (the caller then has nothing to emit for any service);
+	// per-service problems are Result.Warning.
+	Update(ctx context.Context, now time.Time, obs []Observation) ([]Result, error)
+	// Retain drops the state of every service for which keep is false.
+	Retain(keep func(service string) bool)
+	// Close flushes and releases the store.
+	Close() error
+}
+
+// Persister is implemented by stores whose whole state can be exported and
+// imported: the memory store (with or without a state file). The plugin
+// uses it for telegraf.StatefulPlugin (GetState/SetState) without knowing
+// which store it has; a store without it has nothing to persist locally.
+type Persister interface {
+	// Export returns a deep, self-contained copy of every service's state.
+	Export() *Snapshot
+	// Import replaces the state with the snapshot's. A snapshot of an
+	// unknown version is an error and changes nothing; a malformed service
+	// entry is skipped, and that service falls back to the current sample
+	// at its next Update, with a warning naming it. Services absent from
+	// the first Update after an Import are dropped.
+	Import(*Snapshot) error
+}
