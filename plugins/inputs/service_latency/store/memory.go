@@ -26,6 +26,11 @@ type Memory struct {
 type memEntry struct {
 	state  *stats.State
 	params stats.Params
+	// checked: state passed Validate(params) (or is new) and has only been
+	// changed by Observe since, which keeps a valid state valid; it needs
+	// no new check until its params change. Put, Import and State (which
+	// hands the state out to be changed) clear it.
+	checked bool
 }
 
 // NewMemory returns an empty memory store.
@@ -73,8 +78,11 @@ func (m *Memory) apply(now time.Time, o *Observation) Result {
 	e := m.states[o.Service]
 	switch {
 	case e == nil:
-		e = &memEntry{state: stats.NewState(o.Params), params: o.Params}
+		e = &memEntry{state: stats.NewState(o.Params), params: o.Params, checked: true}
 		m.states[o.Service] = e
+	case e.checked && sameParams(e.params, o.Params):
+		// Valid, same params: nothing to check (Validate walks the window
+		// and the sketch: it would cost more than the update itself).
 	default:
 		if !sameParams(e.params, o.Params) && e.state != nil && e.state.Validate(e.params) == nil {
 			e.state.Resize(o.Params)
@@ -93,6 +101,7 @@ func (m *Memory) apply(now time.Time, o *Observation) Result {
 			e.state = stats.NewState(o.Params)
 			e.params = o.Params
 		}
+		e.checked = true
 	}
 	e.state.Observe(now, o.OK, o.Latency, o.Params)
 	return Result{State: e.state, Warning: warn}
@@ -123,11 +132,13 @@ func (*Memory) Close() error { return nil }
 
 // State returns the live state of a service (nil when there is none). It
 // is meant for tests and for loading persisted state; the caller must not
-// use it concurrently with Update.
+// use it concurrently with Update. The caller may change it: the next
+// Update validates it again.
 func (m *Memory) State(service string) *stats.State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e := m.states[service]; e != nil {
+		e.checked = false
 		return e.state
 	}
 	return nil

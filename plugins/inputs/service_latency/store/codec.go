@@ -1,0 +1,214 @@
+package store
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
+)
+
+// SnapshotVersion is the version of the Snapshot format (the state file's
+// "version" field). A file of another version is not loaded: it is kept
+// aside like a corrupt one.
+const SnapshotVersion = 1
+
+// Snapshot is every service's state in a portable form: the content of the
+// state file and of Telegraf's statefile entry (GetState/SetState). It is
+// plain JSON:
+//
+//	{"version": 1, "saved_at": "...", "services": {"api": {...}, ...}}
+//
+// Each service entry is kept as raw JSON so that one malformed entry does
+// not prevent the others from loading.
+type Snapshot struct {
+	Version  int                        `json:"version"`
+	SavedAt  time.Time                  `json:"saved_at,omitzero"`
+	Services map[string]json.RawMessage `json:"services"`
+}
+
+// entry is one service's state in a Snapshot. Times are unix nanoseconds.
+type entry struct {
+	// The Params the state was built for.
+	Window           int       `json:"window"`
+	HalfLife         string    `json:"ewma_half_life"`
+	HistogramBuckets []float64 `json:"histogram_buckets,omitempty"`
+
+	Count               int64   `json:"count"`
+	Mean                float64 `json:"mean"`
+	M2                  float64 `json:"m2"`
+	Min                 float64 `json:"min"`
+	Max                 float64 `json:"max"`
+	EWMA                float64 `json:"ewma"`
+	EWMAAt              int64   `json:"ewma_at"`
+	Probes              int64   `json:"probes"`
+	Failures            int64   `json:"failures"`
+	ConsecutiveFailures int64   `json:"consecutive_failures"`
+	LastSuccess         int64   `json:"last_success"`
+	LastFailure         int64   `json:"last_failure"`
+	// Ring is the exact window, oldest first; null is a failed probe.
+	Ring []*float64 `json:"ring"`
+	// Sketch holds the DDSketch's bins explicitly.
+	Sketch sketchJSON `json:"sketch"`
+	// Buckets are the per-bucket (not cumulative) histogram counts.
+	Buckets []int64 `json:"buckets,omitempty"`
+}
+
+type sketchJSON struct {
+	// Mapping identifies the index mapping (see mappingID); a different
+	// one makes the entry malformed.
+	Mapping string `json:"mapping"`
+	// Zero counts the samples too small to index (zero latency).
+	Zero float64 `json:"zero,omitempty"`
+	// Bins maps a bin index to its count.
+	Bins map[int]float64 `json:"bins"`
+}
+
+// mappingID is a stable identifier of the sketches' index mapping: its
+// binary encoding (kind, gamma and index offset) in hex. Equal mappings
+// have equal IDs.
+var mappingID = func() string {
+	var b []byte
+	stats.SketchMapping().Encode(&b)
+	return "ddsketch:" + hex.EncodeToString(b)
+}()
+
+// encodeEntry converts a valid state to its snapshot form.
+func encodeEntry(s *stats.State, p stats.Params) ([]byte, error) {
+	if err := s.Validate(p); err != nil {
+		return nil, err
+	}
+	e := entry{
+		Window:              p.Window,
+		HalfLife:            p.HalfLife.String(),
+		HistogramBuckets:    p.Buckets,
+		Count:               s.Count,
+		Mean:                s.Mean,
+		M2:                  s.M2,
+		Min:                 s.Min,
+		Max:                 s.Max,
+		EWMA:                s.EWMA,
+		EWMAAt:              s.EWMAAt,
+		Probes:              s.Probes,
+		Failures:            s.Failures,
+		ConsecutiveFailures: s.ConsecutiveFailures,
+		LastSuccess:         s.LastSuccess,
+		LastFailure:         s.LastFailure,
+		Buckets:             s.Buckets,
+		Ring:                make([]*float64, 0, len(s.Ring)),
+		Sketch:              sketchJSON{Mapping: mappingID, Bins: map[int]float64{}},
+	}
+	start := s.RingPos
+	if start < 0 || start >= len(s.Ring) {
+		start = 0
+	}
+	for k := range s.Ring {
+		x := s.Ring[(start+k)%len(s.Ring)]
+		if math.IsNaN(x) {
+			e.Ring = append(e.Ring, nil)
+		} else {
+			e.Ring = append(e.Ring, &x)
+		}
+	}
+	e.Sketch.Zero = s.Sketch.GetZeroCount()
+	s.Sketch.GetPositiveValueStore().ForEach(func(i int, c float64) bool {
+		e.Sketch.Bins[i] = c
+		return false
+	})
+	return json.Marshal(&e)
+}
+
+// decodeEntry parses a snapshot entry. The state is checked against the
+// Params it was saved with; adapting it to the current Params is the
+// memory store's job.
+func decodeEntry(raw json.RawMessage) (*stats.State, stats.Params, error) {
+	var e entry
+	var p stats.Params
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return nil, p, err
+	}
+	hl, err := time.ParseDuration(e.HalfLife)
+	if err != nil {
+		return nil, p, fmt.Errorf("ewma_half_life: %w", err)
+	}
+	p = stats.Params{Window: e.Window, HalfLife: hl, Buckets: e.HistogramBuckets}
+	if err := p.Validate(); err != nil {
+		return nil, p, err
+	}
+	if e.Sketch.Mapping != mappingID {
+		return nil, p, fmt.Errorf("sketch mapping %q differs from %q", e.Sketch.Mapping, mappingID)
+	}
+	s := &stats.State{
+		Count:               e.Count,
+		Mean:                e.Mean,
+		M2:                  e.M2,
+		Min:                 e.Min,
+		Max:                 e.Max,
+		EWMA:                e.EWMA,
+		EWMAAt:              e.EWMAAt,
+		Probes:              e.Probes,
+		Failures:            e.Failures,
+		ConsecutiveFailures: e.ConsecutiveFailures,
+		LastSuccess:         e.LastSuccess,
+		LastFailure:         e.LastFailure,
+		Ring:                make([]float64, 0, p.Window),
+		Sketch:              stats.NewSketch(),
+		Buckets:             e.Buckets,
+	}
+	if len(e.Ring) > p.Window {
+		return nil, p, fmt.Errorf("ring holds %d probes, window is %d", len(e.Ring), p.Window)
+	}
+	for _, x := range e.Ring {
+		if x == nil {
+			s.Ring = append(s.Ring, math.NaN())
+		} else {
+			s.Ring = append(s.Ring, *x)
+		}
+	}
+	if err := fillSketch(s, e.Sketch.Zero, e.Sketch.Bins); err != nil {
+		return nil, p, err
+	}
+	if err := s.Validate(p); err != nil {
+		return nil, p, err
+	}
+	return s, p, nil
+}
+
+// fillSketch adds the bins to the state's (empty) sketch.
+func fillSketch(s *stats.State, zero float64, bins map[int]float64) error {
+	if !(zero >= 0) || math.IsInf(zero, 0) {
+		return fmt.Errorf("sketch zero count %v", zero)
+	}
+	if zero > 0 {
+		if err := s.Sketch.AddWithCount(0, zero); err != nil {
+			return err
+		}
+	}
+	st := s.Sketch.GetPositiveValueStore()
+	for i, c := range bins {
+		if !(c >= 0) || math.IsInf(c, 0) {
+			return fmt.Errorf("sketch bin %d count %v", i, c)
+		}
+		if i < math.MinInt32 || i > math.MaxInt32 {
+			return fmt.Errorf("sketch bin index %d out of range", i)
+		}
+		st.AddWithCount(i, c)
+	}
+	return nil
+}
+
+var errNilSnapshot = errors.New("no snapshot")
+
+// checkSnapshot reports a snapshot that cannot be loaded at all.
+func checkSnapshot(s *Snapshot) error {
+	if s == nil {
+		return errNilSnapshot
+	}
+	if s.Version != SnapshotVersion {
+		return fmt.Errorf("unsupported state format version %d (want %d)", s.Version, SnapshotVersion)
+	}
+	return nil
+}

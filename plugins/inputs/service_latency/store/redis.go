@@ -1,0 +1,741 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/influxdata/telegraf"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
+)
+
+// Defaults of the Redis store.
+const (
+	DefaultRedisKeyPrefix = "service_latency"
+	DefaultRedisTTL       = 168 * time.Hour
+	DefaultRedisTimeout   = 500 * time.Millisecond
+	// DefaultRedisQueueSize is the number of observations kept for replay
+	// while Redis cannot be reached.
+	DefaultRedisQueueSize = 10000
+)
+
+//go:embed redis.lua
+var redisLua string
+
+// redisScript merges a batch of one service's observations into its state.
+var redisScript = redis.NewScript(redisLua)
+
+// RedisOptions configure a Redis store.
+type RedisOptions struct {
+	// Client holds the connection settings (addresses, DB, credentials,
+	// TLS, Sentinel master name). The store overrides the timeouts, the
+	// retries, the client identity and maintenance notifications.
+	Client redis.UniversalOptions
+	// KeyPrefix starts every key; it may not contain '{' or '}'.
+	KeyPrefix string
+	// TTL expires a service's keys when no agent has written them for that
+	// long (refreshed on every write).
+	TTL time.Duration
+	// Timeout bounds every round trip to Redis: an Update never waits on
+	// Redis longer.
+	Timeout time.Duration
+	// AgentID identifies this agent in the idempotence records; it must be
+	// unique among the agents sharing the Redis. Random when empty.
+	AgentID string
+	// QueueSize bounds the observations kept for replay during an outage;
+	// beyond it the oldest are dropped (and counted).
+	QueueSize int
+	// Log receives the outage, replay and malformed-state messages.
+	Log telegraf.Logger
+	// Now is the clock of the warning rate limits (time.Now when nil).
+	Now func() time.Time
+}
+
+// Redis keeps every service's state in Redis, shared by every agent that
+// uses the same Redis and key prefix: each agent's observations are merged
+// into one state per service, and every agent emits that merged state.
+//
+// Per service, four keys share the hash tag {service} (one Redis Cluster
+// slot; the name is escaped so that it holds no brace):
+//
+//	<prefix>:{<service>}:stats   hash  counters, Welford mean/m2, min, max,
+//	                                   EWMA and its time, last success and
+//	                                   failure, sketch mapping id, histogram
+//	                                   bounds and bucket counts
+//	<prefix>:{<service>}:window  list  the last probes, newest first
+//	                                   (latency in seconds, "f" = failed)
+//	<prefix>:{<service>}:sketch  hash  DDSketch bins: index -> count
+//	                                   ("z": zero latency)
+//	<prefix>:{<service>}:agents  hash  agent id -> last applied sequence
+//	                                   number and when
+//
+// One Lua script per service per Update, all in one pipeline, merges the
+// observations atomically and returns the merged state. Every observation
+// carries the agent id and a per-agent sequence number, and the script
+// skips one it has already applied, so a retried or replayed write counts
+// exactly once.
+//
+// When Redis cannot be reached within Timeout, Update returns the agent's
+// local state (the last merged state Redis returned, plus this agent's
+// observations since), queues the observations (at most QueueSize, oldest
+// dropped first) and warns once, then at most once a minute. The next
+// Update that reaches Redis replays the queue in order before the new
+// observations.
+type Redis struct {
+	opts    RedisOptions
+	client  redis.UniversalClient // created at the first Update
+	mapping string
+	now     func() time.Time
+
+	mu         sync.Mutex
+	closed     bool
+	seq        int64
+	queue      []pending
+	local      map[string]*stats.State
+	forceReset map[string]bool
+	thresholds map[string]string // bucket thresholds by bounds
+	down       bool
+	warnedAt   time.Time
+	droppedAt  time.Time
+
+	queueLen atomic.Int64
+	dropped  atomic.Int64
+	errs     atomic.Int64
+	replayed atomic.Int64
+}
+
+// pending is one observation not yet confirmed by Redis.
+type pending struct {
+	service string
+	params  stats.Params
+	seq     int64
+	t       int64 // unix ns
+	ok      bool
+	latency float64
+}
+
+// NewRedis returns a Redis store. It does no network I/O: the client
+// connects at the first Update.
+func NewRedis(opts RedisOptions) (*Redis, error) {
+	if opts.KeyPrefix == "" {
+		opts.KeyPrefix = DefaultRedisKeyPrefix
+	}
+	if strings.ContainsAny(opts.KeyPrefix, "{}") {
+		return nil, fmt.Errorf("key prefix %q may not contain '{' or '}' (they delimit the hash tag)", opts.KeyPrefix)
+	}
+	if opts.TTL <= 0 {
+		opts.TTL = DefaultRedisTTL
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultRedisTimeout
+	}
+	if opts.QueueSize < 0 {
+		return nil, fmt.Errorf("queue size %d: must not be negative", opts.QueueSize)
+	}
+	if opts.QueueSize == 0 {
+		opts.QueueSize = DefaultRedisQueueSize
+	}
+	if opts.AgentID == "" {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		opts.AgentID = hex.EncodeToString(b[:])
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Log == nil {
+		opts.Log = nopLogger{}
+	}
+	redisLogOnce.Do(func() { redis.SetLogger(debugLogger{opts.Log}) })
+	c := &opts.Client
+	c.DisableIdentity = true
+	c.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	c.ContextTimeoutEnabled = true
+	c.DialTimeout = opts.Timeout
+	c.ReadTimeout = opts.Timeout
+	c.WriteTimeout = opts.Timeout
+	c.PoolTimeout = opts.Timeout
+	// A retry is safe (the script is idempotent) and bounded by the
+	// Update's deadline; one is enough to get past a stale connection.
+	c.MaxRetries = 1
+	c.MinRetryBackoff = 5 * time.Millisecond
+	c.MaxRetryBackoff = 50 * time.Millisecond
+	if len(c.Addrs) == 0 {
+		return nil, errors.New("no Redis address")
+	}
+	return &Redis{
+		opts:    opts,
+		mapping: mappingID,
+		now:     opts.Now,
+		// Sequence numbers start at the current time in microseconds, so a
+		// restarted agent with a configured agent id continues above the
+		// numbers its previous process used.
+		seq:        time.Now().UnixMicro(),
+		local:      make(map[string]*stats.State),
+		forceReset: make(map[string]bool),
+		thresholds: make(map[string]string),
+	}, nil
+}
+
+// go-redis logs through a process-wide logger (to stderr by default, with
+// no level prefix, which execd would log as an error): send its lines to
+// the first store's logger at debug level. The store reports failures
+// itself.
+var redisLogOnce sync.Once
+
+type debugLogger struct{ log telegraf.Logger }
+
+func (l debugLogger) Printf(_ context.Context, format string, v ...interface{}) {
+	l.log.Debugf(format, v...)
+}
+
+// AgentID returns the agent id of this store's writes.
+func (r *Redis) AgentID() string { return r.opts.AgentID }
+
+// QueueLen returns the number of observations waiting for replay.
+func (r *Redis) QueueLen() int { return int(r.queueLen.Load()) }
+
+// Dropped returns the number of observations dropped because the replay
+// queue was full.
+func (r *Redis) Dropped() int64 { return r.dropped.Load() }
+
+// Errors returns the number of Updates (and the final flush) that could
+// not write every service to Redis.
+func (r *Redis) Errors() int64 { return r.errs.Load() }
+
+// Replayed returns the number of queued observations written to Redis
+// after an outage.
+func (r *Redis) Replayed() int64 { return r.replayed.Load() }
+
+// Keys returns the Redis keys of a service's state.
+func (r *Redis) Keys(service string) []string { return redisKeys(r.opts.KeyPrefix, service) }
+
+func redisKeys(prefix, service string) []string {
+	base := prefix + ":{" + escapeTag(service) + "}:"
+	return []string{base + "stats", base + "window", base + "sketch", base + "agents"}
+}
+
+var tagEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
+
+// escapeTag makes a service name safe inside a hash tag: no brace, so
+// the tag is the whole name and no two services share a key.
+func escapeTag(s string) string { return tagEscaper.Replace(s) }
+
+// clientLocked creates the client at first use. It picks the client as
+// redis.NewUniversalClient does, with one dial attempt per connection
+// (go-redis would otherwise retry a refused dial for the whole timeout):
+// a Redis that is down fails the Update at once, and the next gather tries
+// again.
+func (r *Redis) clientLocked() redis.UniversalClient {
+	if r.client != nil {
+		return r.client
+	}
+	o := r.opts.Client
+	switch {
+	case o.MasterName != "":
+		fo := o.Failover()
+		fo.DialerRetries, fo.DialerRetryTimeout = 1, time.Millisecond
+		r.client = redis.NewFailoverClient(fo)
+	case len(o.Addrs) > 1 || o.IsClusterMode:
+		co := o.Cluster()
+		co.DialerRetries, co.DialerRetryTimeout = 1, time.Millisecond
+		r.client = redis.NewClusterClient(co)
+	default:
+		so := o.Simple()
+		so.DialerRetries, so.DialerRetryTimeout = 1, time.Millisecond
+		r.client = redis.NewClient(so)
+	}
+	return r.client
+}
+
+// outcome is what became of one service's batch.
+type outcome struct {
+	state *stats.State // merged state (nil when err != nil)
+	warn  error        // the stored state was malformed and was rewritten
+	err   error        // not written: Redis unreachable, slow or failing
+}
+
+// Update implements Store.
+func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([]Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seq++
+	seq := r.seq
+	t := now.UnixNano()
+	queued := len(r.queue)
+	all := make([]pending, 0, queued+len(obs))
+	all = append(all, r.queue...)
+	for i := range obs {
+		o := &obs[i]
+		all = append(all, pending{service: o.Service, params: o.Params, seq: seq, t: t, ok: o.OK, latency: o.Latency})
+	}
+	outs, firstErr := r.syncLocked(ctx, all, obs)
+
+	res := make([]Result, len(obs))
+	for i := range obs {
+		o := &obs[i]
+		out := outs[o.Service]
+		if out != nil && out.err == nil {
+			res[i] = Result{State: out.state, Warning: out.warn}
+			continue
+		}
+		// Degraded: the agent's own view (last merged state + own probes).
+		st := r.local[o.Service]
+		if st != nil {
+			st.Resize(o.Params)
+			if st.Validate(o.Params) != nil {
+				st = nil
+			}
+		}
+		if st == nil {
+			st = stats.NewState(o.Params)
+			r.local[o.Service] = st
+		}
+		st.Observe(now, o.OK, o.Latency, o.Params)
+		res[i] = Result{State: st}
+	}
+
+	// Keep what was not written, in order.
+	var replayed int64
+	q := r.queue[:0]
+	for i, e := range all {
+		if out := outs[e.service]; out != nil && out.err == nil {
+			if i < queued {
+				replayed++
+			}
+			continue
+		}
+		q = append(q, e)
+	}
+	r.queue = q
+	r.replayed.Add(replayed)
+	r.trimQueueLocked()
+	r.report(firstErr, replayed)
+	return res, nil
+}
+
+// report logs an outage (once, then at most once a minute) and the end of
+// one.
+func (r *Redis) report(err error, replayed int64) {
+	now := r.now()
+	if err != nil {
+		r.errs.Add(1)
+		if !r.down || now.Sub(r.warnedAt) >= time.Minute {
+			r.opts.Log.Warnf("Redis state store %s unreachable or failing (%v): emitting this agent's local state; %d observations queued for replay (at most %d)",
+				strings.Join(r.opts.Client.Addrs, ","), err, len(r.queue), r.opts.QueueSize)
+			r.warnedAt = now
+		}
+		r.down = true
+		return
+	}
+	if r.down {
+		r.down = false
+		r.opts.Log.Infof("Redis state store %s reachable again: %d queued observations replayed", strings.Join(r.opts.Client.Addrs, ","), replayed)
+	}
+}
+
+func (r *Redis) trimQueueLocked() {
+	if n := len(r.queue) - r.opts.QueueSize; n > 0 {
+		r.queue = append(r.queue[:0], r.queue[n:]...)
+		total := r.dropped.Add(int64(n))
+		now := r.now()
+		if r.droppedAt.IsZero() || now.Sub(r.droppedAt) >= time.Minute {
+			r.droppedAt = now
+			r.opts.Log.Warnf("Redis state store: replay queue full (%d observations): dropped the oldest; %d dropped so far", r.opts.QueueSize, total)
+		}
+	}
+	r.queueLen.Store(int64(len(r.queue)))
+}
+
+// batch is one service's script call.
+type batch struct {
+	service string
+	params  stats.Params
+	entries []pending
+	// observed is true when the service is observed by this Update (its
+	// warning is then the Result's, else it is logged here).
+	observed bool
+	cmd      *redis.Cmd
+}
+
+// syncLocked writes the entries (grouped by service, in order) in one
+// pipeline bounded by the timeout. obs gives the current Params of the
+// services observed now.
+func (r *Redis) syncLocked(ctx context.Context, entries []pending, obs []Observation) (map[string]*outcome, error) {
+	outs := make(map[string]*outcome)
+	if len(entries) == 0 {
+		return outs, nil
+	}
+	byName := make(map[string]*batch)
+	var batches []*batch
+	for _, e := range entries {
+		b := byName[e.service]
+		if b == nil {
+			b = &batch{service: e.service, params: e.params}
+			byName[e.service] = b
+			batches = append(batches, b)
+		}
+		b.params = e.params // the newest
+		b.entries = append(b.entries, e)
+	}
+	for i := range obs {
+		if b := byName[obs[i].Service]; b != nil {
+			b.params = obs[i].Params
+			b.observed = true
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+	defer cancel()
+	client := r.clientLocked()
+	todo := batches
+	var firstErr error
+	for attempt := 0; len(todo) > 0 && attempt < 2; attempt++ {
+		pipe := client.Pipeline()
+		for _, b := range todo {
+			b.cmd = redisScript.EvalSha(ctx, pipe, r.Keys(b.service), r.args(b)...)
+		}
+		_, execErr := pipe.Exec(ctx)
+		var noscript []*batch
+		for _, b := range todo {
+			v, err := b.cmd.Result()
+			if err == nil && v == nil { // never sent
+				err = execErr
+				if err == nil {
+					err = errors.New("no reply from Redis")
+				}
+			}
+			switch {
+			case err == nil:
+				out := r.decodeOutcome(b, v)
+				outs[b.service] = out
+				if out.err != nil && firstErr == nil {
+					firstErr = out.err
+				}
+			case redis.HasErrorPrefix(err, "NOSCRIPT"):
+				noscript = append(noscript, b)
+			default:
+				if isScriptError(err) {
+					// A runtime error of the script on this service's
+					// keys: discard them at the next write.
+					r.forceReset[b.service] = true
+					r.opts.Log.Warnf("Redis state store: the script failed on service %q (keys %s): %v; its keys will be rewritten", b.service, r.Keys(b.service)[0], err)
+				}
+				outs[b.service] = &outcome{err: err}
+				if firstErr == nil {
+					firstErr = err
+				}
+			}
+		}
+		todo = noscript
+		if len(todo) > 0 {
+			if err := redisScript.Load(ctx, client).Err(); err != nil {
+				for _, b := range todo {
+					outs[b.service] = &outcome{err: err}
+				}
+				if firstErr == nil {
+					firstErr = err
+				}
+				break
+			}
+		}
+	}
+	for _, b := range todo { // still NOSCRIPT after loading
+		if outs[b.service] == nil {
+			err := errors.New("script not loaded (NOSCRIPT)")
+			outs[b.service] = &outcome{err: err}
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	return outs, firstErr
+}
+
+// isScriptError tells a runtime error of the Lua script from the server
+// refusing or failing the call.
+func isScriptError(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "user_script") || strings.Contains(msg, "Error running script")
+}
+
+// args builds the script's ARGV for a batch (see redis.lua).
+func (r *Redis) args(b *batch) []interface{} {
+	p := b.params
+	nb := 0
+	bounds := ""
+	th := ""
+	if len(p.Buckets) > 0 {
+		nb = len(p.Buckets) + 1
+		bounds = formatBounds(p.Buckets)
+		th = r.bucketThresholds(bounds, p.Buckets)
+	}
+	force := "0"
+	if r.forceReset[b.service] {
+		force = "1"
+	}
+	tau := p.HalfLife.Seconds() / math.Ln2
+	args := make([]interface{}, 0, 11+6*len(b.entries))
+	args = append(args,
+		r.opts.AgentID,
+		r.mapping,
+		strconv.Itoa(p.Window),
+		strconv.FormatFloat(tau, 'g', -1, 64),
+		strconv.FormatInt(r.opts.TTL.Milliseconds(), 10),
+		bounds,
+		strconv.Itoa(nb),
+		th,
+		force,
+		strconv.FormatInt(r.now().Unix(), 10),
+		strconv.Itoa(len(b.entries)),
+	)
+	m := stats.SketchMapping()
+	for _, e := range b.entries {
+		ok := e.ok && !math.IsNaN(e.latency) && !math.IsInf(e.latency, 0)
+		x := max(e.latency, 0)
+		okS, lat, bin, bucket := "0", "", "", ""
+		if ok {
+			okS = "1"
+			lat = strconv.FormatFloat(x, 'g', -1, 64)
+			if x > m.MinIndexableValue() {
+				bin = strconv.Itoa(m.Index(x))
+			} else {
+				bin = "z"
+			}
+			if nb > 0 {
+				i, _ := slices.BinarySearch(p.Buckets, x)
+				bucket = strconv.Itoa(i + 1)
+			}
+		}
+		args = append(args, strconv.FormatInt(e.seq, 10), strconv.FormatInt(e.t, 10), okS, lat, bin, bucket)
+	}
+	return args
+}
+
+func formatBounds(bs []float64) string {
+	parts := make([]string, len(bs))
+	for i, b := range bs {
+		parts[i] = strconv.FormatFloat(b, 'g', -1, 64)
+	}
+	return strings.Join(parts, ",")
+}
+
+// bucketThresholds returns, per bound, the largest sketch bin index whose
+// value is <= the bound: a bin goes to the first bucket whose threshold
+// is >= its index, as stats.State.RebuildBuckets counts it.
+func (r *Redis) bucketThresholds(key string, bounds []float64) string {
+	if th, ok := r.thresholds[key]; ok {
+		return th
+	}
+	m := stats.SketchMapping()
+	parts := make([]string, len(bounds))
+	for j, b := range bounds {
+		k := math.MinInt32 - 1 // no bin
+		if b > m.MinIndexableValue() {
+			k = m.Index(b)
+			for m.Value(k+1) <= b {
+				k++
+			}
+			for k > math.MinInt32 && m.Value(k) > b {
+				k--
+			}
+		}
+		parts[j] = strconv.Itoa(k)
+	}
+	th := strings.Join(parts, ",")
+	r.thresholds[key] = th
+	return th
+}
+
+// decodeOutcome turns the script's reply into the service's merged state,
+// kept as the agent's local state.
+func (r *Redis) decodeOutcome(b *batch, v interface{}) *outcome {
+	delete(r.forceReset, b.service)
+	st := r.local[b.service]
+	if st == nil {
+		st = stats.NewState(b.params)
+		r.local[b.service] = st
+	}
+	keys := r.Keys(b.service)
+	status, key, reason, err := decodeReply(v, st, b.params)
+	if err != nil {
+		// The reply does not make a valid state although the script
+		// accepted it: rewrite the service's keys at the next write and
+		// fall back to the current sample now.
+		r.forceReset[b.service] = true
+		delete(r.local, b.service)
+		return &outcome{err: fmt.Errorf("state of service %q in Redis (%s) is malformed: %w", b.service, keys[0], err)}
+	}
+	out := &outcome{state: st}
+	if status == "reset" {
+		out.warn = fmt.Errorf("state of service %q in Redis is malformed (key %s: %s): its keys were rewritten, starting over from the current sample", b.service, key, reason)
+		if !b.observed { // nobody else would log it
+			r.opts.Log.Warn(out.warn.Error())
+		}
+	}
+	return out
+}
+
+// decodeReply fills st (reusing its storage) from a script reply and
+// validates it for p.
+func decodeReply(v interface{}, st *stats.State, p stats.Params) (status, key, reason string, err error) {
+	arr, ok := v.([]interface{})
+	if !ok || len(arr) != 8 {
+		return "", "", "", fmt.Errorf("unexpected script reply %T", v)
+	}
+	str := func(x interface{}) string { s, _ := x.(string); return s }
+	list := func(x interface{}) []interface{} { l, _ := x.([]interface{}); return l }
+	status, key, reason = str(arr[0]), str(arr[1]), str(arr[2])
+	sc := list(arr[4])
+	if len(sc) != 12 {
+		return status, key, reason, fmt.Errorf("reply holds %d scalars", len(sc))
+	}
+	var perr error
+	i64 := func(x interface{}) int64 {
+		n, err := strconv.ParseInt(str(x), 10, 64)
+		if err != nil && perr == nil {
+			perr = err
+		}
+		return n
+	}
+	f64 := func(x interface{}) float64 {
+		n, err := strconv.ParseFloat(str(x), 64)
+		if err != nil && perr == nil {
+			perr = err
+		}
+		return n
+	}
+	st.Count, st.Mean, st.M2, st.Min, st.Max = i64(sc[0]), f64(sc[1]), f64(sc[2]), f64(sc[3]), f64(sc[4])
+	st.EWMA, st.EWMAAt = f64(sc[5]), i64(sc[6])
+	st.Probes, st.Failures, st.ConsecutiveFailures = i64(sc[7]), i64(sc[8]), i64(sc[9])
+	st.LastSuccess, st.LastFailure = i64(sc[10]), i64(sc[11])
+
+	win := list(arr[6])
+	if cap(st.Ring) < p.Window {
+		st.Ring = make([]float64, 0, p.Window)
+	}
+	st.Ring = st.Ring[:0]
+	for j := len(win) - 1; j >= 0; j-- { // newest first in Redis
+		s := str(win[j])
+		if s == "f" {
+			st.Ring = append(st.Ring, math.NaN())
+		} else {
+			st.Ring = append(st.Ring, f64(s))
+		}
+	}
+	st.RingPos = 0
+
+	if st.Sketch == nil {
+		st.Sketch = stats.NewSketch()
+	} else {
+		st.Sketch.Clear()
+	}
+	bins := list(arr[7])
+	pos := st.Sketch.GetPositiveValueStore()
+	for j := 0; j+1 < len(bins); j += 2 {
+		f, c := str(bins[j]), f64(bins[j+1])
+		if !(c >= 0) || math.IsInf(c, 0) {
+			return status, key, reason, fmt.Errorf("sketch bin %s count %v", f, c)
+		}
+		if f == "z" {
+			_ = st.Sketch.AddWithCount(0, c)
+			continue
+		}
+		idx, err := strconv.Atoi(f)
+		if err != nil || idx < math.MinInt32 || idx > math.MaxInt32 {
+			return status, key, reason, fmt.Errorf("sketch bin %q", f)
+		}
+		pos.AddWithCount(idx, c)
+	}
+
+	bk := list(arr[5])
+	switch n := len(p.Buckets); {
+	case n == 0:
+		st.Buckets = nil
+	case len(bk) == n+1:
+		if len(st.Buckets) != n+1 {
+			st.Buckets = make([]int64, n+1)
+		}
+		for j := range bk {
+			st.Buckets[j] = i64(bk[j])
+		}
+	default: // nothing applied by this call and the stored bounds differ
+		st.RebuildBuckets(p)
+	}
+	if perr != nil {
+		return status, key, reason, perr
+	}
+	return status, key, reason, st.Validate(p)
+}
+
+// Retain implements Store: it forgets the local state and the queued
+// observations of the dropped services. Their keys stay in Redis (other
+// agents may still probe them) until the TTL expires them.
+func (r *Redis) Retain(keep func(string) bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name := range r.local {
+		if !keep(name) {
+			delete(r.local, name)
+			delete(r.forceReset, name)
+		}
+	}
+	q := r.queue[:0]
+	for _, e := range r.queue {
+		if keep(e.service) {
+			q = append(q, e)
+		}
+	}
+	r.queue = q
+	r.queueLen.Store(int64(len(q)))
+}
+
+// Close implements Store: it tries once (within the timeout) to replay
+// what is queued, then closes the client.
+func (r *Redis) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	if r.client == nil {
+		return nil
+	}
+	if len(r.queue) > 0 {
+		outs, err := r.syncLocked(context.Background(), r.queue, nil)
+		q := r.queue[:0]
+		for _, e := range r.queue {
+			if out := outs[e.service]; out == nil || out.err != nil {
+				q = append(q, e)
+			}
+		}
+		r.replayed.Add(int64(len(r.queue) - len(q)))
+		r.queue = q
+		r.queueLen.Store(int64(len(q)))
+		if err != nil {
+			r.errs.Add(1)
+			r.opts.Log.Warnf("Redis state store: closing with %d observations that could not be written (%v); they are lost", len(q), err)
+		}
+	}
+	return r.client.Close()
+}
