@@ -53,6 +53,11 @@ func SketchMapping() mapping.IndexMapping {
 	return m
 }
 
+// fixedMapping is a SketchMapping built once, for State.Validate to compare
+// against without building a mapping (an allocation and a logarithm) on
+// every call.
+var fixedMapping = SketchMapping()
+
 // Params are the configuration-dependent parameters of a State. They are
 // passed to every method that needs them rather than stored in the State, so
 // that a persisted State stays small and a configuration change is applied

@@ -470,7 +470,7 @@ func (s *State) Validate(p Params) error {
 	if s.Sketch == nil {
 		return fmt.Errorf("nil sketch")
 	}
-	if !s.Sketch.IndexMapping.Equals(SketchMapping()) {
+	if !s.Sketch.IndexMapping.Equals(fixedMapping) {
 		return fmt.Errorf("sketch mapping differs from the fixed one (relative accuracy %v)",
 			s.Sketch.RelativeAccuracy())
 	}

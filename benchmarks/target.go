@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// targets are latency_target processes (cmd/latency_target), one per
+// loopback address 127.0.0.1, 127.0.0.2, ...: separate processes, so their
+// CPU is not counted as the prober's, and several addresses, so the
+// 4-tuples of 10,000 fresh connections per gather (and their TIME_WAIT)
+// spread over several destinations instead of exhausting one's ephemeral
+// ports.
+type targets struct {
+	procs []*exec.Cmd
+	hosts []string // host:port
+	logs  []*bytes.Buffer
+}
+
+func startTargets(path string, n, gomaxprocs int) (*targets, error) {
+	t := &targets{}
+	for i := range n {
+		ip := "127.0.0." + strconv.Itoa(i+1)
+		port, err := freePort(ip)
+		if err != nil {
+			t.stop()
+			return nil, err
+		}
+		addr := net.JoinHostPort(ip, strconv.Itoa(port))
+		var log bytes.Buffer
+		cmd := exec.Command(path, "-listen", addr, "-delay", "0s")
+		if gomaxprocs > 0 {
+			cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(gomaxprocs))
+		}
+		cmd.Stdout, cmd.Stderr = &log, &log
+		if err := cmd.Start(); err != nil {
+			t.stop()
+			return nil, fmt.Errorf("starting the target %s: %w", path, err)
+		}
+		t.procs = append(t.procs, cmd)
+		t.hosts = append(t.hosts, addr)
+		t.logs = append(t.logs, &log)
+		if err := waitListening(addr, 10*time.Second); err != nil {
+			t.stop()
+			return nil, fmt.Errorf("target %s: %w (output: %s)", addr, err, log.String())
+		}
+	}
+	return t, nil
+}
+
+// urls returns n distinct URLs spread over the targets, each asking for
+// the given delay.
+func (t *targets) urls(n int, delay time.Duration) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("http://%s/svc/%d?delay=%s", t.hosts[i%len(t.hosts)], i, delay)
+	}
+	return out
+}
+
+func (t *targets) stop() {
+	for _, c := range t.procs {
+		_ = c.Process.Signal(syscall.SIGTERM)
+	}
+	for _, c := range t.procs {
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = c.Process.Kill()
+			<-done
+		}
+	}
+	t.procs = nil
+}
+
+func freePort(ip string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitListening(addr string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// overshoot measures how late the target answers beyond a requested delay
+// d, on its own: n sequential requests over one keep-alive connection
+// (no connect, no concurrency) with delay d and with delay 0; the result
+// is median(d) − median(0) − d. It is part of every prober's error against
+// the injected delay, whatever the prober.
+func (t *targets) overshoot(d time.Duration, n int) (time.Duration, error) {
+	tr := &http.Transport{MaxIdleConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	med := func(delay time.Duration) (time.Duration, error) {
+		u := fmt.Sprintf("http://%s/calibrate?delay=%s", t.hosts[0], delay)
+		xs := make([]time.Duration, 0, n)
+		for i := range n + 5 {
+			t0 := time.Now()
+			resp, err := c.Get(u)
+			if err != nil {
+				return 0, err
+			}
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				return 0, err
+			}
+			if i >= 5 { // the first ones warm the connection up
+				xs = append(xs, time.Since(t0))
+			}
+		}
+		return medianDur(xs), nil
+	}
+	zero, err := med(0)
+	if err != nil {
+		return 0, err
+	}
+	withD, err := med(d)
+	if err != nil {
+		return 0, err
+	}
+	return withD - zero - d, nil
+}
