@@ -6,7 +6,7 @@ COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null)
 LDFLAGS   := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test unit lint deps clean docs
+.PHONY: all build run test unit e2e bench lint deps clean docs fuzz fuzz-short
 
 all: build
 
@@ -37,14 +37,62 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-## test: the whole suite, race detector on
-test: deps lint unit
+## test: the whole suite, race detector on, then each fuzz target for a few seconds
+test: deps lint unit fuzz-short
 
 unit: build
 	$(GO) test -race -count=1 -timeout 20m ./...
+	@# the leak test in full (1,000 gathers over 100 services), which -race makes too slow
+	$(GO) test -count=1 -run '^TestNoLeakOverManyGathers$$' ./plugins/inputs/service_latency/
+
+## e2e: Telegraf (built from go.mod's telegraf version, cached) → InfluxDB 1.x → the Grafana
+## dashboard's queries, with the real programs (examples/e2e); `unit` runs it too, as part of ./...
+e2e: deps
+	@examples/e2e/build-telegraf.sh >/dev/null
+	$(GO) test -count=1 -v -timeout 10m ./examples/e2e/
+
+## bench: the benchmarks of BENCHMARKS.md — Go micro-benchmarks, then one gather at 1,000 and
+## 10,000 services beside Telegraf's inputs.http_response and a plain net/http loop, and the
+## error of the reported latency; prints the tables and writes them into BENCHMARKS.md (about
+## 10 minutes; not part of `test`, which runs a small smoke version, benchmarks/main_test.go).
+## Pass harness flags with BENCH_FLAGS="-runs 3 -http-response-max 10000" (latency_bench -h).
+BENCH_COUNT ?= 6
+BENCH_FLAGS ?=
+bench: deps build
+	$(GO) build -o $(BIN)/latency_bench ./benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -timeout 30m \
+	  ./plugins/inputs/service_latency/stats/ ./plugins/inputs/service_latency/ ./benchmarks/ \
+	  > $(BIN)/micro.txt || { cat $(BIN)/micro.txt; exit 1; }
+	$(BIN)/latency_bench -target $(BIN)/latency_target -micro $(BIN)/micro.txt -out BENCHMARKS.md $(BENCH_FLAGS)
+
+## fuzz: each fuzz target for FUZZTIME (default 60s; e.g. make fuzz FUZZTIME=10m). A crasher is
+## written to <package>/testdata/fuzz/<Target>/: fix it and keep the file as a regression case
+## (plain `go test` replays every file there). Seed corpora live in the same directories.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := \
+	./plugins/inputs/service_latency:FuzzParseConfig \
+	./plugins/inputs/service_latency/probe:FuzzProbeNew \
+	./plugins/inputs/service_latency/store:FuzzStateFile \
+	./plugins/inputs/service_latency/store:FuzzRedisState
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; dir=$$pkg/testdata/fuzz/$$name; \
+	  before=$$(ls $$dir 2>/dev/null | wc -l); \
+	  echo "fuzz: $$name ($$pkg) for $(FUZZTIME)"; \
+	  if ! out=$$($(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1); then \
+	    after=$$(ls $$dir 2>/dev/null | wc -l); \
+	    if [ "$$after" = "$$before" ] && echo "$$out" | tail -5 | grep -q 'context deadline exceeded'; then \
+	      echo "  no crasher; ignoring Go 1.26's fuzztime deadline race (go.dev/issue/75804)"; \
+	    else echo "$$out" | grep -v '^fuzz: elapsed' | tail -40; exit 1; fi; \
+	  fi; \
+	done
+
+## fuzz-short: each fuzz target for 3 s (part of `test`)
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
 lint:
-	@out=$$(gofmt -l cmd plugins); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd plugins benchmarks); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 clean:

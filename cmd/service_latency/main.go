@@ -79,6 +79,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	probe.UserAgent = "service_latency/" + version
+	service_latency.Version, service_latency.Commit = version, buildCommit()
 	plugin, err := service_latency.LoadConfigFile(*configFile)
 	if err != nil {
 		log.Errorf("config: %v", err)
@@ -135,6 +136,12 @@ func reload(plugin *service_latency.ServiceLatency, path string, log telegraf.Lo
 }
 
 func versionString() string {
+	return fmt.Sprintf("%s (commit %s, %s)", version, buildCommit(), runtime.Version())
+}
+
+// buildCommit is the commit set with -ldflags, else the VCS revision Go
+// recorded, else "unknown".
+func buildCommit() string {
 	c := commit
 	if c == "" {
 		if bi, ok := debug.ReadBuildInfo(); ok {
@@ -148,5 +155,5 @@ func versionString() string {
 	if c == "" {
 		c = "unknown"
 	}
-	return fmt.Sprintf("%s (commit %s, %s)", version, c, runtime.Version())
+	return c
 }

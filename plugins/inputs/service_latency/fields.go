@@ -21,7 +21,9 @@ func (p *ServiceLatency) emit(acc telegraf.Accumulator, now time.Time, t *target
 	tags["server"] = t.server
 	tags["result"] = r.Outcome.String()
 
-	fields := make(map[string]interface{}, 24+len(r.Fields)+2*len(t.percentiles))
+	// At most maxStateFields state fields besides the percentiles: an
+	// exact bound keeps the map in the smallest table that holds them.
+	fields := make(map[string]interface{}, maxStateFields+len(r.Fields)+2*len(t.percentiles))
 	if r.Outcome == probe.Success {
 		fields["latency"] = r.Latency.Seconds()
 	}
@@ -33,6 +35,7 @@ func (p *ServiceLatency) emit(acc telegraf.Accumulator, now time.Time, t *target
 	st.Snapshot(t.percentiles, snap)
 	stateFields(fields, snap, &t.fieldNames)
 	acc.AddFields(Measurement, fields, tags, now)
+	p.noteStatus(t, r, st, tags, fields, now)
 
 	if len(snap.Cumulative) > 0 {
 		for i, c := range snap.Cumulative {
@@ -48,6 +51,12 @@ func (p *ServiceLatency) emit(acc telegraf.Accumulator, now time.Time, t *target
 		}
 	}
 }
+
+// maxStateFields is the most fields emit and stateFields add besides the
+// probe's fields and the percentiles: latency, result_code, latency_count,
+// probes, failures, consecutive_failures, latency_avg, latency_min,
+// latency_max, latency_ewma, latency_stddev, availability, jitter.
+const maxStateFields = 13
 
 // stateFields adds the fields of a service's state. A statistic with no
 // data yet (no successful sample, an empty window) is absent.

@@ -75,6 +75,13 @@ type ServiceLatency struct {
 	StateFile string       `toml:"state_file"`
 	Redis     *RedisConfig `toml:"redis"`
 
+	// Operations (status.go, internal.go): the status server and the
+	// plugin's own metrics.
+	StatusListen      string `toml:"status_listen"`
+	StatusAllowRemote bool   `toml:"status_allow_remote"`
+	Pprof             bool   `toml:"pprof"`
+	CollectInternal   bool   `toml:"collect_internal"`
+
 	Log telegraf.Logger `toml:"-"`
 
 	// built by Init
@@ -89,6 +96,7 @@ type ServiceLatency struct {
 	results []probe.Result
 	snap    stats.Snapshot
 	gathers atomic.Int64
+	ops     ops
 }
 
 // Service is one probed service.
@@ -177,6 +185,9 @@ func init() {
 // Init validates the configuration and builds the probes and the store. It
 // does no network I/O.
 func (p *ServiceLatency) Init() error {
+	if err := p.validateOps(); err != nil {
+		return err
+	}
 	targets, err := p.buildTargets()
 	if err != nil {
 		return err
@@ -297,12 +308,14 @@ func (p *ServiceLatency) buildTargets() ([]*target, error) {
 	return targets, nil
 }
 
-// Start implements telegraf.ServiceInput; probing happens in Gather.
-func (*ServiceLatency) Start(telegraf.Accumulator) error { return nil }
+// Start implements telegraf.ServiceInput: it starts the status server
+// (status_listen); probing happens in Gather.
+func (p *ServiceLatency) Start(telegraf.Accumulator) error { return p.startStatus() }
 
 // Stop implements telegraf.ServiceInput: it cancels probes in flight,
 // closes the probes and flushes the store.
 func (p *ServiceLatency) Stop() {
+	p.stopStatus()
 	if p.cancel != nil {
 		p.cancel()
 	}
@@ -341,6 +354,7 @@ func (p *ServiceLatency) Gather(acc telegraf.Accumulator) error {
 	}
 	res, err := p.store.Update(p.ctx, now, p.obs)
 	if err != nil {
+		p.endGather(acc, now, err)
 		return fmt.Errorf("updating the state store: %w", err)
 	}
 	for i, t := range targets {
@@ -351,6 +365,7 @@ func (p *ServiceLatency) Gather(acc telegraf.Accumulator) error {
 		p.emit(acc, now, t, &p.results[i], res[i].State)
 	}
 	p.gathers.Add(1)
+	p.endGather(acc, now, nil)
 	return nil
 }
 
@@ -394,7 +409,7 @@ func (p *ServiceLatency) probeAll(ctx context.Context) {
 				if i >= len(targets) {
 					return
 				}
-				p.results[i] = runProbe(ctx, targets[i].prober)
+				p.results[i] = p.trackProbe(ctx, targets[i].prober)
 			}
 		}()
 	}
@@ -418,10 +433,26 @@ func runProbe(ctx context.Context, pr probe.Prober) (r probe.Result) {
 // those of next (a plugin decoded and validated from a new config, never
 // started). The state of every service whose name remains is kept; the
 // state of services that are gone is dropped. It waits for a gather in
-// progress to end.
+// progress to end. A change of the state store settings (state,
+// state_file, the redis table) is refused with an error and changes
+// nothing: the store is not rebuilt on reload.
 func (p *ServiceLatency) Reconfigure(next *ServiceLatency) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err := p.checkStoreUnchanged(next); err != nil {
+		// Refused: release what next built; p keeps running unchanged.
+		for _, t := range next.targets {
+			t.prober.Close()
+		}
+		next.targets = nil
+		if next.store != nil {
+			_ = next.store.Close()
+		}
+		if next.cancel != nil {
+			next.cancel()
+		}
+		return err
+	}
 	old := p.targets
 	p.Timeout = next.Timeout
 	p.MaxConcurrency = next.MaxConcurrency
@@ -429,6 +460,7 @@ func (p *ServiceLatency) Reconfigure(next *ServiceLatency) error {
 	p.Percentiles = next.Percentiles
 	p.EWMAHalfLife = next.EWMAHalfLife
 	p.HistogramBuckets = next.HistogramBuckets
+	p.reconfigureOps(next)
 	p.Options = next.Options
 	p.Services = next.Services
 	p.targets = next.targets

@@ -49,12 +49,12 @@ func New(rawURL string, timeout time.Duration, o Options) (Prober, error) {
 		if k := o.tcpKeySet(); k != "" {
 			return nil, fmt.Errorf("%s: not supported for %s probes (tcp only)", k, u.Scheme)
 		}
-		return newHTTP(u, timeout, &o)
+		return checked(newHTTP(u, timeout, &o))
 	case "tcp":
 		if k := o.httpKeySet(); k != "" {
 			return nil, fmt.Errorf("%s: not supported for tcp probes (http only)", k)
 		}
-		return newTCP(u, timeout, &o)
+		return checked(newTCP(u, timeout, &o))
 	case "dns":
 		if k := o.httpKeySet(); k != "" {
 			return nil, fmt.Errorf("%s: not supported for dns probes (http only)", k)
@@ -65,12 +65,21 @@ func New(rawURL string, timeout time.Duration, o Options) (Prober, error) {
 		if k := tlsKeySet(&o.ClientConfig); k != "" {
 			return nil, fmt.Errorf("%s: not supported for dns probes", k)
 		}
-		return newDNS(u, timeout)
+		return checked(newDNS(u, timeout))
 	case "":
 		return nil, fmt.Errorf("url: missing scheme in %q (want http, https, tcp, dns)", Redact(rawURL))
 	default:
 		return nil, fmt.Errorf("url: unsupported scheme %q (want http, https, tcp, dns)", u.Scheme)
 	}
+}
+
+// checked returns a nil Prober (not a typed nil pointer in a non-nil
+// interface) with an error.
+func checked[P Prober](p P, err error) (Prober, error) {
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // Redact returns rawURL without the password of its userinfo
