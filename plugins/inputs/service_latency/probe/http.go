@@ -26,8 +26,11 @@
 // "stopped after 10 redirects"), whatever expected_status says. A slow
 // redirect loop ends at the deadline with Timeout.
 //
-// Requests use HTTP/1.1. Each prober owns one http.Transport; without
-// keep_alive every probe opens (and closes) its own connection.
+// Requests use HTTP/1.1. Without keep_alive every probe opens (and closes)
+// its own connection. In the default configuration — no keep_alive, no
+// proxy, follow_redirects = false — the probe runs on the calling goroutine
+// without net/http's Transport (http_fast.go), measuring the same phases at
+// the same points; otherwise each prober owns one http.Transport.
 
 package probe
 
@@ -72,6 +75,9 @@ const (
 )
 
 type httpProber struct {
+	// fast is the fast path (http_fast.go), nil when the prober uses the
+	// Transport: then client and transport are set.
+	fast      *fastHTTP
 	client    *http.Client
 	transport *http.Transport
 	// base carries method, URL, headers and Host; it is shared read-only
@@ -90,6 +96,12 @@ type httpProber struct {
 }
 
 func newHTTP(u *url.URL, timeout time.Duration, o *Options) (*httpProber, error) {
+	return buildHTTP(u, timeout, o, true)
+}
+
+// buildHTTP is newHTTP; without fastOK the prober always uses the Transport
+// (for tests that compare both paths).
+func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*httpProber, error) {
 	if _, _, err := hostPort(u, false); err != nil {
 		return nil, err
 	}
@@ -180,6 +192,25 @@ func newHTTP(u *url.URL, timeout time.Duration, o *Options) (*httpProber, error)
 	}
 
 	keepAlive := o.KeepAlive != nil && *o.KeepAlive
+	follow := o.FollowRedirects != nil && *o.FollowRedirects
+
+	target := *u
+	target.User = nil
+	p.base = &http.Request{
+		Method:     method,
+		URL:        &target,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     header,
+		Host:       reqHost,
+	}
+	if fastOK && !keepAlive && !follow && proxyFunc == nil {
+		if p.fast = newFastHTTP(u, p.base, p.body, p.auth, tlsCfg, timeout); p.fast != nil {
+			return p, nil
+		}
+	}
+
 	dialer := &net.Dialer{Timeout: timeout, KeepAlive: -1}
 	if keepAlive {
 		dialer.KeepAlive = 0 // Go's default TCP keep-alive
@@ -194,7 +225,6 @@ func newHTTP(u *url.URL, timeout time.Duration, o *Options) (*httpProber, error)
 		IdleConnTimeout:        idleConnTimeout,
 		MaxResponseHeaderBytes: maxResponseHeaderBytes,
 	}
-	follow := o.FollowRedirects != nil && *o.FollowRedirects
 	p.client = &http.Client{
 		Transport: p.transport,
 		CheckRedirect: func(_ *http.Request, via []*http.Request) error {
@@ -208,17 +238,6 @@ func newHTTP(u *url.URL, timeout time.Duration, o *Options) (*httpProber, error)
 		},
 	}
 
-	target := *u
-	target.User = nil
-	p.base = &http.Request{
-		Method:     method,
-		URL:        &target,
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1,
-		ProtoMinor: 1,
-		Header:     header,
-		Host:       reqHost,
-	}
 	if p.body != "" {
 		p.getBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(p.body)), nil }
 	}
@@ -229,10 +248,17 @@ func newHTTP(u *url.URL, timeout time.Duration, o *Options) (*httpProber, error)
 func (*httpProber) Kind() string { return "http" }
 
 // Close closes the transport's idle (keep-alive) connections.
-func (p *httpProber) Close() { p.transport.CloseIdleConnections() }
+func (p *httpProber) Close() {
+	if p.transport != nil {
+		p.transport.CloseIdleConnections()
+	}
+}
 
 // Probe sends one request and reads the answer; see the file comment.
 func (p *httpProber) Probe(parent context.Context) Result {
+	if p.fast != nil {
+		return p.probeFast(parent)
+	}
 	ctx, cancel := context.WithTimeout(parent, p.timeout)
 	defer cancel()
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,6 +31,9 @@ func TestNoGoroutineOutlivesProbe(t *testing.T) {
 		slowSrv.URL + "/":                           {},
 		slowSrv.URL + "/ka":                         {KeepAlive: ptr(true)},
 		"http://" + refused + "/":                   {},
+		localhostURL(httpSrv.URL) + "/name":         {},
+		"https://" + silent + "/":                   {},
+		"https://" + silent + "/ka":                 {KeepAlive: ptr(true)},
 		"tcp://" + silent:                           {},
 		"tcp://" + silent + "/":                     {Expect: "x"},
 		"tcp://" + refused:                          {},
@@ -80,3 +84,7 @@ func BenchmarkHTTPProbe(b *testing.B) {
 		})
 	}
 }
+
+// localhostURL replaces the 127.0.0.1 of a test server's URL by localhost
+// (resolved from /etc/hosts: a DNS lookup that stays on the machine).
+func localhostURL(u string) string { return strings.Replace(u, "127.0.0.1", "localhost", 1) }

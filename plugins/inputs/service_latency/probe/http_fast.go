@@ -1,0 +1,575 @@
+// The HTTP prober's fast path: one fresh connection per probe, no proxy,
+// redirects not followed — the default configuration, and the one that
+// thousands of services per gather use.
+//
+// net/http's Transport runs every connection on goroutines of its own (the
+// dial, a read loop and a write loop) and hands the request and the
+// response between them and the caller over channels; for a connection
+// that carries exactly one request that machinery is most of the client's
+// CPU beyond the kernel's. The fast path does the whole probe on the
+// calling goroutine instead: resolve the host (host names only), dial,
+// TLS handshake, write the request (rendered once in New by net/http's own
+// Request.Write, credentials added per probe), read the response with
+// http.ReadResponse from a pooled bufio.Reader, read the body, close. It
+// starts no goroutine; a cancellation of the context aborts blocked I/O
+// through context.AfterFunc, which Probe waits for.
+//
+// What it measures and reports is what the Transport path reports (see
+// http.go): the same phases taken at the same points, the same fields, the
+// same outcomes, the same wire behaviour (Connection: close, Accept-Encoding:
+// gzip with transparent decompression, the 256 KiB limit on response
+// headers, 1xx responses skipped), and errors read as http.Client's
+// (`Get "http://host/": dial tcp ...`). The differences: the resolved
+// addresses of a host name are tried one after another (each with its
+// share of the remaining time, as net.Dialer does) instead of racing the
+// second address family after 300 ms; a TLS connection is closed without
+// sending close_notify (as the TCP prober does); and a DNS lookup or TLS
+// handshake cut short by the deadline is always reported (dns_lookup,
+// tls_handshake), where the Transport reports it only if its hook fires
+// before Probe returns.
+//
+// New uses the Transport path instead when keep_alive = true, with a proxy
+// (http_proxy_url, use_system_proxy), with follow_redirects = true, and for
+// the rare requests whose semantics the Transport handles specially: a
+// non-ASCII host, a Connection, Upgrade, Transfer-Encoding, Trailer or
+// Expect header, or a header value net/http would refuse.
+
+package probe
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// fastHTTP is the pre-rendered request and the dial target of the fast path.
+type fastHTTP struct {
+	https   bool
+	host    string // to resolve (a host name) or dial (an IP literal)
+	port    string
+	addr    string // host:port when host is an IP literal, else ""
+	tlsCfg  *tls.Config
+	head    []byte // request line and headers, each ending in CRLF; no blank line
+	body    []byte // the request body, sent after the blank line
+	gzip    bool   // Accept-Encoding: gzip was added (transparent decompression)
+	errOp   string // url.Error's Op, as http.Client reports it ("Get")
+	errURL  string // url.Error's URL (no userinfo)
+	dialer  net.Dialer
+	maxHead int64
+}
+
+// fastExcluded are request headers whose semantics net/http's Transport
+// handles itself; with any of them the prober keeps the Transport path.
+var fastExcluded = [...]string{"Connection", "Upgrade", "Transfer-Encoding", "Trailer", "Expect"}
+
+// newFastHTTP returns the fast path for base, or nil when base needs the
+// Transport (see the file comment). u is the probe's URL, tlsCfg the
+// prober's TLS configuration (nil: Go's defaults).
+func newFastHTTP(u *url.URL, base *http.Request, body string, auth authKind, tlsCfg *tls.Config, timeout time.Duration) *fastHTTP {
+	host := u.Hostname()
+	if host == "" || !isPrintableASCII(host) {
+		return nil
+	}
+	for _, k := range fastExcluded {
+		if _, has := base.Header[k]; has {
+			return nil
+		}
+	}
+	for _, vs := range base.Header {
+		for _, v := range vs {
+			if !validHeaderValue(v) {
+				return nil // the Transport refuses it; keep its error
+			}
+		}
+	}
+
+	f := &fastHTTP{
+		https:   u.Scheme == "https",
+		host:    host,
+		port:    u.Port(),
+		errOp:   urlErrorOp(base.Method),
+		errURL:  base.URL.String(),
+		dialer:  net.Dialer{Timeout: timeout, KeepAlive: -1},
+		maxHead: maxResponseHeaderBytes,
+	}
+	if f.port == "" {
+		f.port = "80"
+		if f.https {
+			f.port = "443"
+		}
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		f.addr = net.JoinHostPort(host, f.port)
+	}
+	if f.https {
+		// What the Transport does per connection: a clone of the
+		// configuration with the URL's host as ServerName unless set.
+		if tlsCfg == nil {
+			f.tlsCfg = &tls.Config{}
+		} else {
+			f.tlsCfg = tlsCfg.Clone()
+		}
+		if f.tlsCfg.ServerName == "" {
+			f.tlsCfg.ServerName = host
+		}
+	}
+
+	// Render the request with net/http's own writer, with the headers the
+	// Transport adds to a request on a connection without keep-alive.
+	h := base.Header.Clone()
+	if auth != authNone {
+		h.Del("Authorization") // added per probe from the secrets
+	}
+	f.gzip = h.Get("Accept-Encoding") == "" && h.Get("Range") == "" && base.Method != http.MethodHead
+	if f.gzip {
+		h.Set("Accept-Encoding", "gzip")
+	}
+	req := &http.Request{
+		Method:     base.Method,
+		URL:        base.URL,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     h,
+		Host:       base.Host,
+		Close:      true,
+	}
+	if body != "" {
+		req.Body = io.NopCloser(strings.NewReader(body))
+		req.ContentLength = int64(len(body))
+	}
+	var buf bytes.Buffer
+	if err := req.Write(&buf); err != nil {
+		return nil // e.g. an invalid Host: the Transport reports it per probe
+	}
+	out := buf.Bytes()
+	i := bytes.Index(out, []byte("\r\n\r\n"))
+	if i < 0 {
+		return nil
+	}
+	f.head = out[: i+2 : i+2]
+	f.body = out[i+4:]
+	return f
+}
+
+// fastBuffers are the per-probe buffers of the fast path, pooled.
+type fastBuffers struct {
+	lr   limitedConn
+	br   *bufio.Reader
+	wbuf []byte
+}
+
+// maxPooledWrite bounds the request buffer kept in the pool.
+const maxPooledWrite = 64 << 10
+
+var fastPool = sync.Pool{New: func() any {
+	b := &fastBuffers{wbuf: make([]byte, 0, 1024)}
+	b.br = bufio.NewReaderSize(&b.lr, 4096)
+	return b
+}}
+
+func (b *fastBuffers) release() {
+	clear(b.wbuf) // it held the credentials
+	b.wbuf = b.wbuf[:0]
+	if cap(b.wbuf) > maxPooledWrite {
+		b.wbuf = make([]byte, 0, 1024)
+	}
+	b.lr.r, b.lr.err = nil, nil
+	b.br.Reset(&b.lr)
+	fastPool.Put(b)
+}
+
+// limitedConn reads from r at most n bytes (the header-size limit the
+// Transport applies to everything read while the headers are read) and
+// keeps the first read error: bufio.Reader.ReadLine, under http.ReadResponse,
+// returns a partial line without the error that cut it (a deadline in the
+// middle of the status line surfaces as "malformed HTTP response").
+type limitedConn struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (l *limitedConn) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errHeaderLimit
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	if err != nil && l.err == nil {
+		l.err = err
+	}
+	return n, err
+}
+
+var (
+	errHeaderLimit   = errors.New("read limit of response header bytes exhausted")
+	errHeaderTooBig  = fmt.Errorf("net/http: server response headers exceeded %d bytes; aborted", maxResponseHeaderBytes)
+	errInvalidAuth   = fmt.Errorf("net/http: invalid header field value for %q", "Authorization")
+	errNoSuchAddress = errors.New("no suitable address found")
+)
+
+// probeFast is Probe on the fast path; see the file comment.
+func (p *httpProber) probeFast(parent context.Context) Result {
+	f := p.fast
+	ctx, cancel := context.WithTimeout(parent, p.timeout)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+
+	b := fastPool.Get().(*fastBuffers)
+	defer b.release()
+	b.wbuf = append(b.wbuf, f.head...)
+	var err error
+	if b.wbuf, err = p.appendAuth(b.wbuf); err != nil {
+		if errors.Is(err, errInvalidAuth) { // as the Transport refuses it
+			return Result{Outcome: ConnectionFailed, Err: f.urlError(err), Fields: make([]Field, 0, 8)}
+		}
+		return Result{Outcome: ConnectionFailed, Err: err}
+	}
+	b.wbuf = append(b.wbuf, "\r\n"...)
+	b.wbuf = append(b.wbuf, f.body...)
+
+	var (
+		ph    phases
+		start time.Time
+	)
+	fail := func(err error, tlsFailed bool) Result {
+		now := time.Now()
+		outcome := classify(ctx, err, tlsFailed)
+		if !now.Before(deadline) {
+			// The connection's deadline fired a moment before the
+			// context's timer (the Transport path sees the context).
+			outcome = Timeout
+		}
+		return Result{
+			Outcome: outcome,
+			Latency: now.Sub(start),
+			Err:     f.urlError(err),
+			Fields:  ph.httpFields(nil, time.Time{}, now),
+		}
+	}
+
+	start = time.Now()
+	raw, err := f.dial(ctx, &ph, deadline)
+	if err != nil {
+		return fail(err, false)
+	}
+	defer raw.Close() // the raw conn: no close_notify that could block
+	_ = raw.SetDeadline(deadline)
+	// A cancellation aborts blocked I/O; Probe waits for the callback so
+	// that nothing it started outlives it.
+	aborted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = raw.SetDeadline(pastDeadline)
+		close(aborted)
+	})
+	defer func() {
+		if !stop() {
+			<-aborted
+		}
+	}()
+
+	var (
+		conn     net.Conn = raw
+		tlsState *tls.ConnectionState
+	)
+	if f.https {
+		hsStart := time.Now()
+		tc := tls.Client(raw, f.tlsCfg)
+		err := tc.Handshake() // bounded by the deadline and the AfterFunc
+		// Reported also when it failed or ran out of time (as the TCP
+		// prober does; the Transport reports it unless its caller has
+		// already returned).
+		ph.handshake, ph.did = time.Since(hsStart), ph.did|didTLS
+		if err != nil {
+			return fail(err, true)
+		}
+		st := tc.ConnectionState()
+		tlsState, conn = &st, tc
+	}
+
+	if _, err := conn.Write(b.wbuf); err != nil {
+		return fail(err, false)
+	}
+	ph.wrote = time.Now()
+
+	b.lr.r, b.lr.n = conn, f.maxHead
+	if _, err := b.br.Peek(1); err == nil {
+		ph.first = time.Now()
+		ph.ttfb, ph.did = ph.first.Sub(ph.wrote), ph.did|didTTFB
+	}
+	resp, err := f.readResponse(b.br, p.base)
+	if err != nil {
+		switch {
+		case b.lr.n <= 0:
+			err = errHeaderTooBig
+		case b.lr.err != nil && !errors.Is(b.lr.err, io.EOF):
+			err = b.lr.err // what cut the headers short (a deadline, a reset)
+		}
+		return fail(err, false)
+	}
+	b.lr.n = math.MaxInt64 // no limit for the body
+	resp.TLS = tlsState
+
+	if !p.expected.has(resp.StatusCode) {
+		now := time.Now()
+		return Result{
+			Outcome: ResponseStatusCodeMismatch,
+			Latency: now.Sub(start),
+			Err:     fmt.Errorf("status %d is not an expected_status", resp.StatusCode),
+			Fields:  ph.httpFields(resp, time.Time{}, now),
+		}
+	}
+
+	body := io.Reader(resp.Body)
+	switch {
+	case resp.StatusCode == http.StatusSwitchingProtocols && isProtocolSwitch(resp.Header):
+		body = b.br // the Transport hands over the connection's stream
+	case f.gzip && p.base.Method != http.MethodHead && resp.ContentLength != 0 &&
+		strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip"):
+		gz := &gzipBody{body: resp.Body}
+		defer gz.close()
+		body = gz
+	}
+	outcome, err := p.readBody(body)
+	end := time.Now()
+	if outcome == BodyReadError && (ctx.Err() != nil || !end.Before(deadline) || classify(ctx, err, false) == Timeout) {
+		outcome = Timeout
+	}
+	return Result{
+		Outcome: outcome,
+		Latency: end.Sub(start),
+		Err:     err,
+		Fields:  ph.httpFields(resp, end, end),
+	}
+}
+
+// readResponse reads the response, skipping 1xx responses other than 101
+// as the Transport does (the header limit covers them all).
+func (f *fastHTTP) readResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			return nil, err
+		}
+		if c := resp.StatusCode; c >= 100 && c <= 199 && c != http.StatusSwitchingProtocols {
+			continue
+		}
+		return resp, nil
+	}
+}
+
+// dial resolves a host name and connects, filling the dns_lookup and
+// tcp_connect phases as the Transport's trace hooks do.
+func (f *fastHTTP) dial(ctx context.Context, ph *phases, deadline time.Time) (net.Conn, error) {
+	if f.addr != "" {
+		ph.connStart = time.Now()
+		c, err := f.dialer.DialContext(ctx, "tcp", f.addr)
+		if err == nil {
+			ph.connect, ph.did = time.Since(ph.connStart), ph.did|didConnect
+		}
+		return c, err
+	}
+
+	dnsStart := time.Now()
+	ips, err := net.DefaultResolver.LookupIPAddr(ctx, f.host)
+	ph.dns, ph.did = time.Since(dnsStart), ph.did|didDNS
+	if err == nil && len(ips) == 0 {
+		err = &net.AddrError{Err: errNoSuchAddress.Error(), Addr: f.host}
+	}
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	// net.Dialer's order: the first address's family, then the other.
+	addrs := make([]string, 0, len(ips))
+	first4 := ips[0].IP.To4() != nil
+	for pass := 0; pass < 2; pass++ {
+		for _, ip := range ips {
+			if (ip.IP.To4() != nil == first4) == (pass == 0) {
+				addrs = append(addrs, net.JoinHostPort(ip.String(), f.port))
+			}
+		}
+	}
+	ph.connStart = time.Now()
+	var firstErr error
+	for i, addr := range addrs {
+		d := f.dialer
+		if rest := len(addrs) - i; rest > 1 {
+			// Each address gets its share of the remaining time, as
+			// net.Dialer gives it (at least 2 s when there is that much).
+			now := time.Now()
+			share := deadline.Sub(now) / time.Duration(rest)
+			if share < 2*time.Second {
+				share = min(deadline.Sub(now), 2*time.Second)
+			}
+			d.Deadline = now.Add(share)
+		}
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			ph.connect, ph.did = time.Since(ph.connStart), ph.did|didConnect
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, firstErr
+}
+
+// urlError wraps err as http.Client.Do does.
+func (f *fastHTTP) urlError(err error) error {
+	return &url.Error{Op: f.errOp, URL: f.errURL, Err: err}
+}
+
+// appendAuth appends the Authorization header that lives in secrets (none
+// for authNone: URL userinfo is in the rendered head). The plain text is
+// held only for the duration of the call and in b, which the caller wipes.
+func (p *httpProber) appendAuth(b []byte) ([]byte, error) {
+	switch p.auth {
+	case authBasic:
+		user, err := p.username.Get()
+		if err != nil {
+			return b, fmt.Errorf("username: %w: %w", errSecretProtection, err)
+		}
+		defer user.Destroy()
+		pass, err := p.password.Get()
+		if err != nil {
+			return b, fmt.Errorf("password: %w: %w", errSecretProtection, err)
+		}
+		defer pass.Destroy()
+		u, pw := user.Bytes(), pass.Bytes()
+		plain := make([]byte, len(u)+1+len(pw))
+		copy(plain, u)
+		plain[len(u)] = ':'
+		copy(plain[len(u)+1:], pw)
+		b = append(b, "Authorization: Basic "...)
+		b = base64.StdEncoding.AppendEncode(b, plain)
+		clear(plain)
+		b = append(b, "\r\n"...)
+	case authBearer:
+		tok, err := p.bearer.Get()
+		if err != nil {
+			return b, fmt.Errorf("bearer_token: %w: %w", errSecretProtection, err)
+		}
+		defer tok.Destroy()
+		t := tok.Bytes()
+		if !validHeaderValue(t) {
+			return b, errInvalidAuth
+		}
+		b = append(b, "Authorization: Bearer "...)
+		b = append(b, t...)
+		// net/http trims the value's surrounding white space.
+		for b[len(b)-1] == ' ' || b[len(b)-1] == '\t' {
+			b = b[:len(b)-1]
+		}
+		b = append(b, "\r\n"...)
+	}
+	return b, nil
+}
+
+// gzipBody decompresses a response body as the Transport's gzipReader
+// does: the gzip reader is made on the first Read, and its error (io.EOF
+// for an empty body) is sticky.
+type gzipBody struct {
+	body io.Reader
+	zr   *gzip.Reader
+	zerr error
+}
+
+var gzipPool sync.Pool
+
+func (g *gzipBody) Read(p []byte) (int, error) {
+	if g.zerr != nil {
+		return 0, g.zerr
+	}
+	if g.zr == nil {
+		zr, _ := gzipPool.Get().(*gzip.Reader)
+		if zr == nil {
+			zr = new(gzip.Reader)
+		}
+		if err := zr.Reset(g.body); err != nil {
+			gzipPool.Put(zr)
+			g.zerr = err
+			return 0, err
+		}
+		g.zr = zr
+	}
+	return g.zr.Read(p)
+}
+
+func (g *gzipBody) close() {
+	if g.zr != nil {
+		_ = g.zr.Reset(eofReader{}) // drop the reference to the connection
+		gzipPool.Put(g.zr)
+		g.zr = nil
+	}
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+func (eofReader) ReadByte() (byte, error)  { return 0, io.EOF }
+
+// isProtocolSwitch reports whether h (of a 101 response) switches
+// protocols: an Upgrade header and the token "upgrade" in Connection.
+func isProtocolSwitch(h http.Header) bool {
+	if h.Get("Upgrade") == "" {
+		return false
+	}
+	for _, v := range h["Connection"] {
+		for _, tok := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// validHeaderValue reports whether net/http accepts v as a header field
+// value: no control characters but horizontal tab.
+func validHeaderValue[T string | []byte](v T) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func isPrintableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// urlErrorOp is http.Client's Op for a url.Error: "Get" for GET.
+func urlErrorOp(method string) string {
+	if method == "" {
+		return "Get"
+	}
+	return method[:1] + strings.ToLower(method[1:])
+}
