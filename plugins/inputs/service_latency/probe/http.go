@@ -308,7 +308,7 @@ func (p *httpProber) Probe(parent context.Context) Result {
 		}
 	}
 
-	outcome, err := p.readBody(resp.Body)
+	outcome, err := p.readBody(resp.Body, resp.ContentLength)
 	end := time.Now()
 	if outcome == BodyReadError && (ctx.Err() != nil || classify(ctx, err, false) == Timeout) {
 		outcome = Timeout
@@ -335,7 +335,14 @@ var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 const maxPooledBody = 256 << 10
 
 // readBody reads body to its end (at most maxBody bytes) and matches it.
-func (p *httpProber) readBody(body io.Reader) (Outcome, error) {
+//
+// A body whose declared Content-Length is over max_body_size fails at once,
+// without reading it (a server that declares 1 GiB and then stalls must not
+// hold the probe until its deadline).
+func (p *httpProber) readBody(body io.Reader, declared int64) (Outcome, error) {
+	if declared > p.maxBody {
+		return BodyReadError, fmt.Errorf("%w: Content-Length %d", errBodyTooLarge, declared)
+	}
 	lr := &io.LimitedReader{R: body, N: p.maxBody + 1}
 	if p.contains == nil && p.re == nil {
 		if _, err := io.Copy(io.Discard, lr); err != nil {

@@ -348,7 +348,11 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 		defer gz.close()
 		body = gz
 	}
-	outcome, err := p.readBody(body)
+	declared := resp.ContentLength
+	if body != io.Reader(resp.Body) {
+		declared = -1 // decompressed or switched: the header does not bound what is read
+	}
+	outcome, err := p.readBody(body, declared)
 	end := time.Now()
 	if outcome == BodyReadError && (ctx.Err() != nil || !end.Before(deadline) || classify(ctx, err, false) == Timeout) {
 		outcome = Timeout

@@ -436,6 +436,25 @@ func TestHTTPEndlessBody(t *testing.T) {
 	})
 }
 
+// A server that declares a body larger than max_body_size and then stalls:
+// the declared length decides at once, on both HTTP paths.
+func TestHTTPDeclaredHugeBodyFailsFast(t *testing.T) {
+	t.Parallel()
+	srv, _ := newHTTPServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(1<<30))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("x"))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	for _, keepAlive := range []bool{false, true} {
+		r, elapsed := probeTimed(mustNew(t, srv.URL+"/", 5*time.Second, Options{KeepAlive: ptr(keepAlive)}))
+		requireOutcome(t, BodyReadError, r)
+		require.Less(t, elapsed, time.Second, "keep_alive=%v", keepAlive)
+		require.ErrorContains(t, r.Err, "Content-Length 1073741824")
+	}
+}
+
 func TestHTTPBodyMatch(t *testing.T) {
 	srv, _ := newHTTPServer(t, func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "status: green, build 1234\n")
