@@ -14,53 +14,9 @@ import (
 	"github.com/influxdata/telegraf/testutil"
 	"github.com/stretchr/testify/require"
 
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/testpeer"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
 )
-
-// hostileServer serves every TCP connection on 127.0.0.1 with handle; done
-// is closed at cleanup, when every handler must return (their connections
-// are closed for them).
-func hostileServer(t *testing.T, handle func(c net.Conn, done <-chan struct{})) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	done := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c, done)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		close(done)
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
 
 // silentUDP reads and drops every datagram: a DNS server that never
 // answers.
@@ -246,13 +202,13 @@ type hostileCase struct {
 // result, the gather returns within the largest timeout + 200 ms, and the
 // next gather is on time too.
 func TestHostilePeers(t *testing.T) {
-	silent := hostileServer(t, neverAnswer)
-	slow := hostileServer(t, oneByteASecond)
-	endless := hostileServer(t, endlessBody)
-	trickle := hostileServer(t, trickleBody)
-	gig := hostileServer(t, gigabyteBody)
-	loop := hostileServer(t, redirectLoop)
-	reset := hostileServer(t, resetOnAccept)
+	silent := testpeer.Serve(t, neverAnswer)
+	slow := testpeer.Serve(t, oneByteASecond)
+	endless := testpeer.Serve(t, endlessBody)
+	trickle := testpeer.Serve(t, trickleBody)
+	gig := testpeer.Serve(t, gigabyteBody)
+	loop := testpeer.Serve(t, redirectLoop)
+	reset := testpeer.Serve(t, resetOnAccept)
 	dnsSilent := silentUDP(t)
 
 	cases := []hostileCase{

@@ -20,6 +20,8 @@ import (
 	"github.com/influxdata/telegraf/plugins/common/proxy"
 	telegraftls "github.com/influxdata/telegraf/plugins/common/tls"
 	"github.com/stretchr/testify/require"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/testpeer"
 )
 
 // bothPaths returns a prober on the fast path and one on the Transport
@@ -73,7 +75,7 @@ func readRequestHead(c net.Conn) ([]byte, error) {
 
 // rawHTTPServer answers every request with resp, then closes.
 func rawHTTPServer(t *testing.T, resp string) string {
-	return rawServer(t, func(c net.Conn, _ <-chan struct{}) {
+	return testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) {
 		if _, err := readRequestHead(c); err != nil {
 			return
 		}
@@ -133,11 +135,11 @@ func TestHTTPFastPathMatchesTransport(t *testing.T) {
 	tlsSrv := newHTTPSServer(t, cert.cert, ok)
 
 	huge := "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 300<<10) + "\r\nContent-Length: 2\r\n\r\nok"
-	silent := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
-	closer := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = readRequestHead(c) })
+	silent := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
+	closer := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = readRequestHead(c) })
 	// stalls answers with part of a response, then nothing until closed.
 	stalls := func(part string) string {
-		return rawServer(t, func(c net.Conn, done <-chan struct{}) {
+		return testpeer.Serve(t, func(c net.Conn, done <-chan struct{}) {
 			if _, err := readRequestHead(c); err != nil {
 				return
 			}
@@ -234,7 +236,7 @@ func TestHTTPFastPathMatchesTransport(t *testing.T) {
 // on the wire: request line, header lines (in any order) and body.
 func TestHTTPFastPathRequestBytes(t *testing.T) {
 	reqs := make(chan []byte, 4)
-	addr := rawServer(t, func(c net.Conn, _ <-chan struct{}) {
+	addr := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) {
 		b, err := readRequestHead(c)
 		if err != nil {
 			return
@@ -330,7 +332,7 @@ func TestHTTPFastPathCanceled(t *testing.T) {
 	srv, _ := newHTTPServer(t, func(_ http.ResponseWriter, r *http.Request) { waitDone(r) })
 	cert := selfSigned(t, time.Hour)
 	// A TLS server that never completes the handshake.
-	silent := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
+	silent := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
 	for _, u := range []string{srv.URL + "/", "https://" + silent + "/"} {
 		p := mustNew(t, u, 5*time.Second, Options{ClientConfig: telegraftls.ClientConfig{TLSCA: cert.caFile}})
 		require.NotNil(t, p.(*httpProber).fast)

@@ -22,6 +22,8 @@ import (
 	"github.com/influxdata/telegraf/plugins/common/proxy"
 	telegraftls "github.com/influxdata/telegraf/plugins/common/tls"
 	"github.com/stretchr/testify/require"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/testpeer"
 )
 
 // newHTTPServer starts a loopback HTTP server that counts new connections.
@@ -129,7 +131,7 @@ func TestHTTPContextDeadlineWins(t *testing.T) {
 
 func TestHTTPAcceptNeverAnswer(t *testing.T) {
 	t.Parallel()
-	addr := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
+	addr := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
 	const timeout = 300 * time.Millisecond
 	p := mustNew(t, "http://"+addr+"/", timeout, Options{})
 	r, elapsed := probeTimed(p)
@@ -140,7 +142,7 @@ func TestHTTPAcceptNeverAnswer(t *testing.T) {
 func TestHTTPSlowHeaderTimesOut(t *testing.T) {
 	t.Parallel()
 	// Writes a valid response one byte a second.
-	addr := rawServer(t, func(c net.Conn, done <-chan struct{}) {
+	addr := testpeer.Serve(t, func(c net.Conn, done <-chan struct{}) {
 		resp := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 		for i := 0; i < len(resp); i++ {
 			select {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/testpeer"
 )
 
 // TestNoGoroutineOutlivesProbe runs probes of every kind, successful and
@@ -19,7 +21,7 @@ import (
 func TestNoGoroutineOutlivesProbe(t *testing.T) {
 	httpSrv, _ := newHTTPServer(t, ok)
 	slowSrv, _ := newHTTPServer(t, func(_ http.ResponseWriter, r *http.Request) { waitDone(r) })
-	silent := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
+	silent := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
 	udp, tcp := dnsServer(t)
 	refused := freePort(t)
 	ignore := goleak.IgnoreCurrent()

@@ -13,11 +13,13 @@ import (
 
 	telegraftls "github.com/influxdata/telegraf/plugins/common/tls"
 	"github.com/stretchr/testify/require"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/testpeer"
 )
 
 // lineServer answers each line it reads with reply(line) after delay.
 func lineServer(t *testing.T, delay time.Duration, reply func(string) string) string {
-	return rawServer(t, func(c net.Conn, done <-chan struct{}) {
+	return testpeer.Serve(t, func(c net.Conn, done <-chan struct{}) {
 		br := bufio.NewReader(c)
 		for {
 			line, err := br.ReadString('\n')
@@ -44,7 +46,7 @@ func pong(line string) string {
 }
 
 func TestTCPConnect(t *testing.T) {
-	addr := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
+	addr := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
 	r := mustNew(t, "tcp://"+addr, time.Second, Options{}).Probe(context.Background())
 	requireOutcome(t, Success, r)
 	require.NoError(t, r.Err)
@@ -106,7 +108,7 @@ func TestTCPSendExpect(t *testing.T) {
 }
 
 func TestTCPStringMismatchOnClose(t *testing.T) {
-	addr := rawServer(t, func(c net.Conn, _ <-chan struct{}) {
+	addr := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) {
 		_, _ = io.WriteString(c, "220 wrong banner\r\n")
 	})
 	r, elapsed := probeTimed(mustNew(t, "tcp://"+addr, 2*time.Second, Options{Expect: "SSH-2.0"}))
@@ -121,7 +123,7 @@ func TestTCPStringMismatchOnClose(t *testing.T) {
 
 func TestTCPExpectAcrossReads(t *testing.T) {
 	// The expected string arrives split over two writes.
-	addr := rawServer(t, func(c net.Conn, done <-chan struct{}) {
+	addr := testpeer.Serve(t, func(c net.Conn, done <-chan struct{}) {
 		_, _ = io.WriteString(c, "SSH-2")
 		select {
 		case <-done:
@@ -138,7 +140,7 @@ func TestTCPExpectAcrossReads(t *testing.T) {
 
 func TestTCPReadFailed(t *testing.T) {
 	// Closes without a byte.
-	addr := rawServer(t, func(net.Conn, <-chan struct{}) {})
+	addr := testpeer.Serve(t, func(net.Conn, <-chan struct{}) {})
 	r, elapsed := probeTimed(mustNew(t, "tcp://"+addr, 2*time.Second, Options{Send: "PING\n", Expect: "PONG"}))
 	requireOutcome(t, ReadFailed, r)
 	require.Less(t, elapsed, time.Second)
@@ -146,7 +148,7 @@ func TestTCPReadFailed(t *testing.T) {
 
 func TestTCPSilentServerTimesOut(t *testing.T) {
 	t.Parallel()
-	addr := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
+	addr := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
 	const timeout = 300 * time.Millisecond
 	r, elapsed := probeTimed(mustNew(t, "tcp://"+addr, timeout, Options{Send: "PING\n", Expect: "PONG"}))
 	requireOutcome(t, Timeout, r)
@@ -157,7 +159,7 @@ func TestTCPSilentServerTimesOut(t *testing.T) {
 func TestTCPReadLimit(t *testing.T) {
 	// 100 KiB without a match and the connection kept open: the probe
 	// gives up after 64 KiB instead of waiting for the deadline.
-	addr := rawServer(t, func(c net.Conn, _ <-chan struct{}) {
+	addr := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) {
 		_, _ = c.Write(bytes.Repeat([]byte("x"), 100<<10))
 		_, _ = io.Copy(io.Discard, c)
 	})
@@ -213,7 +215,7 @@ func TestTCPTLS(t *testing.T) {
 		requireNoField(t, r, "tls_version")
 	})
 	t.Run("tls to plain server", func(t *testing.T) {
-		plain := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.WriteString(c, "220 hello\r\n") })
+		plain := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.WriteString(c, "220 hello\r\n") })
 		r := mustNew(t, "tcp://"+plain, 2*time.Second, Options{TLS: ptr(true)}).Probe(context.Background())
 		requireOutcome(t, TLSError, r)
 	})
@@ -221,7 +223,7 @@ func TestTCPTLS(t *testing.T) {
 
 func TestTCPTLSHandshakeTimeout(t *testing.T) {
 	t.Parallel()
-	addr := rawServer(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
+	addr := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
 	const timeout = 300 * time.Millisecond
 	r, elapsed := probeTimed(mustNew(t, "tcp://"+addr, timeout, Options{TLS: ptr(true)}))
 	requireOutcome(t, Timeout, r)
