@@ -76,7 +76,7 @@ func BenchmarkMemoryStoreUpdate(b *testing.B) {
 // BenchmarkMemoryStoreUpdateBatch is the same per service when a gather
 // hands the store 1,000 observations at once, as the plugin does (one
 // Update per gather): op = one gather; ns/service and allocs/service are
-// per observation (the one allocation per Update is the result slice).
+// per observation (the store reuses its result slice: no allocation).
 func BenchmarkMemoryStoreUpdateBatch(b *testing.B) {
 	const n = 1000
 	names := make([]string, n)

@@ -21,6 +21,9 @@ type Memory struct {
 	// pruneNext drops, at the next Update, the services it does not
 	// observe: imported state of services no longer configured.
 	pruneNext bool
+	// out is Update's result slice, reused from call to call (the Store
+	// contract: results are valid until the next Update).
+	out []Result
 }
 
 type memEntry struct {
@@ -59,7 +62,10 @@ func (m *Memory) Update(_ context.Context, now time.Time, obs []Observation) ([]
 			}
 		}
 	}
-	out := make([]Result, len(obs))
+	if cap(m.out) < len(obs) {
+		m.out = make([]Result, len(obs))
+	}
+	out := m.out[:len(obs)]
 	for i := range obs {
 		o := &obs[i]
 		out[i] = m.apply(now, o)
