@@ -31,6 +31,7 @@ import (
 	"github.com/influxdata/telegraf/plugins/inputs/http_response"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
 )
 
 // Contender names.
@@ -224,7 +225,7 @@ func newOurs(sp *spec) (*ours, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.Log = nopLogger{}
+	p.Log = store.NopLogger{}
 	return &ours{p: p}, nil
 }
 
@@ -240,7 +241,7 @@ func newHTTPResponse(sp *spec) (*httpResp, error) {
 	h := &http_response.HTTPResponse{
 		URLs:            sp.URLs,
 		ResponseTimeout: tgconfig.Duration(sp.Timeout),
-		Log:             nopLogger{},
+		Log:             store.NopLogger{},
 	}
 	if err := h.Init(); err != nil {
 		return nil, err
@@ -407,23 +408,6 @@ func (a *benchAcc) AddError(err error) {
 func (*benchAcc) WithTracking(int) telegraf.TrackingAccumulator {
 	panic("latency_bench: tracking accumulator not supported")
 }
-
-// nopLogger drops everything (both plugins log per failed probe at debug
-// level; errors are counted through the accumulator and the results).
-type nopLogger struct{}
-
-func (nopLogger) Level() telegraf.LogLevel         { return telegraf.Error }
-func (nopLogger) AddAttribute(string, interface{}) {}
-func (nopLogger) Errorf(string, ...interface{})    {}
-func (nopLogger) Error(...interface{})             {}
-func (nopLogger) Warnf(string, ...interface{})     {}
-func (nopLogger) Warn(...interface{})              {}
-func (nopLogger) Infof(string, ...interface{})     {}
-func (nopLogger) Info(...interface{})              {}
-func (nopLogger) Debugf(string, ...interface{})    {}
-func (nopLogger) Debug(...interface{})             {}
-func (nopLogger) Tracef(string, ...interface{})    {}
-func (nopLogger) Trace(...interface{})             {}
 
 // ---- measurements
 

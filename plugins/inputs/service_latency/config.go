@@ -38,7 +38,7 @@ func ParseConfig(data []byte) (*ServiceLatency, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.validate(); err != nil {
+	if err := p.Init(); err != nil {
 		return nil, withLine(tbl, err)
 	}
 	return p, nil
@@ -67,11 +67,6 @@ func DecodeConfig(data []byte) (*ServiceLatency, *ast.Table, error) {
 		return nil, nil, fmt.Errorf("%s", lineFirst(err))
 	}
 	return p, tbl, nil
-}
-
-// validate runs Init's checks and builds the probes.
-func (p *ServiceLatency) validate() error {
-	return p.Init()
 }
 
 func tableName(typ reflect.Type) string {

@@ -1,7 +1,6 @@
 package service_latency
 
 import (
-	"strconv"
 	"time"
 
 	"github.com/influxdata/telegraf"
@@ -39,11 +38,7 @@ func (p *ServiceLatency) emit(acc telegraf.Accumulator, now time.Time, t *target
 
 	if len(snap.Cumulative) > 0 {
 		for i, c := range snap.Cumulative {
-			le := "+Inf"
-			if i < len(t.params.Buckets) {
-				le = strconv.FormatFloat(t.params.Buckets[i], 'f', -1, 64)
-			}
-			htags := map[string]string{"service": t.name, "probe": tags["probe"], "server": t.server, "le": le}
+			htags := map[string]string{"service": t.name, "probe": tags["probe"], "server": t.server, "le": t.le[i]}
 			for k, v := range t.tags {
 				htags[k] = v
 			}

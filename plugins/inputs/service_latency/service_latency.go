@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -95,7 +96,6 @@ type ServiceLatency struct {
 	obs     []store.Observation
 	results []probe.Result
 	snap    stats.Snapshot
-	gathers atomic.Int64
 	ops     ops
 }
 
@@ -123,7 +123,9 @@ type target struct {
 	params      stats.Params
 	percentiles []float64
 	fieldNames  percentileNames
-	tags        map[string]string
+	// le are the histogram's `le` tag values, one per bucket and "+Inf".
+	le   []string
+	tags map[string]string
 
 	// down and failedRun track this agent's own view of the service for
 	// logging transitions (the state may be shared with other agents).
@@ -298,6 +300,13 @@ func (p *ServiceLatency) buildTargets() ([]*target, error) {
 			percentiles: pcts,
 			tags:        s.Tags,
 		}
+		if n := len(params.Buckets); n > 0 {
+			t.le = make([]string, 0, n+1)
+			for _, b := range params.Buckets {
+				t.le = append(t.le, strconv.FormatFloat(b, 'f', -1, 64))
+			}
+			t.le = append(t.le, "+Inf")
+		}
 		for _, pc := range pcts {
 			sfx := stats.PercentileFieldSuffix(pc)
 			t.fieldNames.window = append(t.fieldNames.window, "latency_"+sfx)
@@ -364,7 +373,6 @@ func (p *ServiceLatency) Gather(acc telegraf.Accumulator) error {
 		p.logTransition(t, &p.results[i])
 		p.emit(acc, now, t, &p.results[i], res[i].State)
 	}
-	p.gathers.Add(1)
 	p.endGather(acc, now, nil)
 	return nil
 }
@@ -440,17 +448,7 @@ func (p *ServiceLatency) Reconfigure(next *ServiceLatency) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.checkStoreUnchanged(next); err != nil {
-		// Refused: release what next built; p keeps running unchanged.
-		for _, t := range next.targets {
-			t.prober.Close()
-		}
-		next.targets = nil
-		if next.store != nil {
-			_ = next.store.Close()
-		}
-		if next.cancel != nil {
-			next.cancel()
-		}
+		next.discard() // refused: p keeps running unchanged
 		return err
 	}
 	old := p.targets
@@ -464,13 +462,8 @@ func (p *ServiceLatency) Reconfigure(next *ServiceLatency) error {
 	p.Options = next.Options
 	p.Services = next.Services
 	p.targets = next.targets
-	next.targets = nil
-	if next.store != nil {
-		_ = next.store.Close()
-	}
-	if next.cancel != nil {
-		next.cancel()
-	}
+	next.targets = nil // adopted: discard must not close them
+	next.discard()
 	keep := make(map[string]bool, len(p.targets))
 	for _, t := range p.targets {
 		keep[t.name] = true
@@ -480,6 +473,21 @@ func (p *ServiceLatency) Reconfigure(next *ServiceLatency) error {
 		t.prober.Close()
 	}
 	return nil
+}
+
+// discard releases what Init built for a plugin that never ran (a reload
+// candidate): its probes, its store and its context.
+func (p *ServiceLatency) discard() {
+	for _, t := range p.targets {
+		t.prober.Close()
+	}
+	p.targets = nil
+	if p.store != nil {
+		_ = p.store.Close()
+	}
+	if p.cancel != nil {
+		p.cancel()
+	}
 }
 
 // ServiceNames lists the configured service names in config order.

@@ -183,14 +183,7 @@ func (c *RedisConfig) options() (store.RedisOptions, error) {
 		u.SentinelPassword = v
 	}
 
-	if c.KeyPrefix == "" {
-		o.KeyPrefix = store.DefaultRedisKeyPrefix
-	} else {
-		o.KeyPrefix = c.KeyPrefix
-	}
-	if strings.ContainsAny(o.KeyPrefix, "{}") {
-		return o, fmt.Errorf("key_prefix %q may not contain '{' or '}'", o.KeyPrefix)
-	}
+	o.KeyPrefix = c.KeyPrefix // store.NewRedis defaults and checks it
 	if c.TTL < 0 {
 		return o, fmt.Errorf("ttl %s: must be positive (0 or unset: %s)", time.Duration(c.TTL), store.DefaultRedisTTL)
 	}
@@ -199,10 +192,7 @@ func (c *RedisConfig) options() (store.RedisOptions, error) {
 		return o, fmt.Errorf("timeout %s: must be positive (0 or unset: %s)", time.Duration(c.Timeout), store.DefaultRedisTimeout)
 	}
 	o.Timeout = time.Duration(c.Timeout)
-	if c.QueueSize < 0 {
-		return o, fmt.Errorf("queue_size %d: must not be negative (0 or unset: %d)", c.QueueSize, store.DefaultRedisQueueSize)
-	}
-	o.QueueSize = c.QueueSize
+	o.QueueSize = c.QueueSize // store.NewRedis defaults and checks it
 	if strings.ContainsAny(c.AgentID, " \t\n:") {
 		return o, fmt.Errorf("agent_id %q may not contain blanks or ':'", c.AgentID)
 	}
@@ -351,7 +341,7 @@ type pluginLogger struct{ p *ServiceLatency }
 
 func (l pluginLogger) log() telegraf.Logger {
 	if l.p.Log == nil {
-		return discardLogger{}
+		return store.NopLogger{}
 	}
 	return l.p.Log
 }
@@ -368,18 +358,3 @@ func (l pluginLogger) Debugf(format string, args ...interface{})  { l.log().Debu
 func (l pluginLogger) Debug(args ...interface{})                  { l.log().Debug(args...) }
 func (l pluginLogger) Tracef(format string, args ...interface{})  { l.log().Tracef(format, args...) }
 func (l pluginLogger) Trace(args ...interface{})                  { l.log().Trace(args...) }
-
-type discardLogger struct{}
-
-func (discardLogger) Level() telegraf.LogLevel         { return telegraf.None }
-func (discardLogger) AddAttribute(string, interface{}) {}
-func (discardLogger) Errorf(string, ...interface{})    {}
-func (discardLogger) Error(...interface{})             {}
-func (discardLogger) Warnf(string, ...interface{})     {}
-func (discardLogger) Warn(...interface{})              {}
-func (discardLogger) Infof(string, ...interface{})     {}
-func (discardLogger) Info(...interface{})              {}
-func (discardLogger) Debugf(string, ...interface{})    {}
-func (discardLogger) Debug(...interface{})             {}
-func (discardLogger) Tracef(string, ...interface{})    {}
-func (discardLogger) Trace(...interface{})             {}

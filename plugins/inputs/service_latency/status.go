@@ -276,11 +276,7 @@ func (p *ServiceLatency) noteStatus(t *target, r *probe.Result, st *stats.State,
 	if n := len(p.snap.Cumulative); n > 0 {
 		s.Histogram = make(map[string]int64, n)
 		for i, c := range p.snap.Cumulative {
-			le := "+Inf"
-			if i < len(t.params.Buckets) {
-				le = strconv.FormatFloat(t.params.Buckets[i], 'f', -1, 64)
-			}
-			s.Histogram[le] = c
+			s.Histogram[t.le[i]] = c
 		}
 	}
 	if r.Outcome != probe.Success {

@@ -297,22 +297,12 @@ func (p *httpProber) Probe(parent context.Context) Result {
 	defer resp.Body.Close()
 
 	if !p.expected.has(resp.StatusCode) {
-		now := time.Now()
 		ph.mu.Lock()
 		defer ph.mu.Unlock()
-		return Result{
-			Outcome: ResponseStatusCodeMismatch,
-			Latency: now.Sub(start),
-			Err:     fmt.Errorf("status %d is not an expected_status", resp.StatusCode),
-			Fields:  ph.httpFields(resp, time.Time{}, now),
-		}
+		return statusMismatch(resp, start, ph)
 	}
-
-	outcome, err := p.readBody(resp.Body, resp.ContentLength)
-	end := time.Now()
-	if outcome == BodyReadError && (ctx.Err() != nil || classify(ctx, err, false) == Timeout) {
-		outcome = Timeout
-	}
+	deadline, _ := ctx.Deadline()
+	outcome, end, err := p.readBodyBy(ctx, deadline, resp.Body, resp.ContentLength)
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
 	return Result{
@@ -321,6 +311,30 @@ func (p *httpProber) Probe(parent context.Context) Result {
 		Err:     err,
 		Fields:  ph.httpFields(resp, end, end),
 	}
+}
+
+// statusMismatch is the Result of an answer whose status is not an
+// expected_status: the body is not read, latency ends now.
+func statusMismatch(resp *http.Response, start time.Time, ph *phases) Result {
+	now := time.Now()
+	return Result{
+		Outcome: ResponseStatusCodeMismatch,
+		Latency: now.Sub(start),
+		Err:     fmt.Errorf("status %d is not an expected_status", resp.StatusCode),
+		Fields:  ph.httpFields(resp, time.Time{}, now),
+	}
+}
+
+// readBodyBy reads and matches the body (readBody) and returns when it
+// ended; a read cut short by the deadline is a Timeout, not a
+// BodyReadError.
+func (p *httpProber) readBodyBy(ctx context.Context, deadline time.Time, body io.Reader, declared int64) (Outcome, time.Time, error) {
+	outcome, err := p.readBody(body, declared)
+	end := time.Now()
+	if outcome == BodyReadError && (ctx.Err() != nil || !end.Before(deadline) || classify(ctx, err, false) == Timeout) {
+		outcome = Timeout
+	}
+	return outcome, end, err
 }
 
 var (

@@ -329,13 +329,7 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	resp.TLS = tlsState
 
 	if !p.expected.has(resp.StatusCode) {
-		now := time.Now()
-		return Result{
-			Outcome: ResponseStatusCodeMismatch,
-			Latency: now.Sub(start),
-			Err:     fmt.Errorf("status %d is not an expected_status", resp.StatusCode),
-			Fields:  ph.httpFields(resp, time.Time{}, now),
-		}
+		return statusMismatch(resp, start, &ph)
 	}
 
 	body := io.Reader(resp.Body)
@@ -352,11 +346,7 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	if body != io.Reader(resp.Body) {
 		declared = -1 // decompressed or switched: the header does not bound what is read
 	}
-	outcome, err := p.readBody(body, declared)
-	end := time.Now()
-	if outcome == BodyReadError && (ctx.Err() != nil || !end.Before(deadline) || classify(ctx, err, false) == Timeout) {
-		outcome = Timeout
-	}
+	outcome, end, err := p.readBodyBy(ctx, deadline, body, declared)
 	return Result{
 		Outcome: outcome,
 		Latency: end.Sub(start),

@@ -49,26 +49,10 @@ type File struct {
 // NewFile returns a memory store persisted to path. It does no I/O.
 func NewFile(path string, log telegraf.Logger) *File {
 	if log == nil {
-		log = nopLogger{}
+		log = NopLogger{}
 	}
 	return &File{mem: NewMemory(), path: path, log: log, now: time.Now}
 }
-
-// nopLogger is the logger of a store built without one.
-type nopLogger struct{}
-
-func (nopLogger) Level() telegraf.LogLevel         { return telegraf.None }
-func (nopLogger) AddAttribute(string, interface{}) {}
-func (nopLogger) Errorf(string, ...interface{})    {}
-func (nopLogger) Error(...interface{})             {}
-func (nopLogger) Warnf(string, ...interface{})     {}
-func (nopLogger) Warn(...interface{})              {}
-func (nopLogger) Infof(string, ...interface{})     {}
-func (nopLogger) Info(...interface{})              {}
-func (nopLogger) Debugf(string, ...interface{})    {}
-func (nopLogger) Debug(...interface{})             {}
-func (nopLogger) Tracef(string, ...interface{})    {}
-func (nopLogger) Trace(...interface{})             {}
 
 // Memory returns the in-process store that holds the state.
 func (f *File) Memory() *Memory { return f.mem }

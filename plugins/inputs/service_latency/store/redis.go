@@ -134,7 +134,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		opts.KeyPrefix = DefaultRedisKeyPrefix
 	}
 	if strings.ContainsAny(opts.KeyPrefix, "{}") {
-		return nil, fmt.Errorf("key prefix %q may not contain '{' or '}' (they delimit the hash tag)", opts.KeyPrefix)
+		return nil, fmt.Errorf("key_prefix %q may not contain '{' or '}' (they delimit the hash tag)", opts.KeyPrefix)
 	}
 	if opts.TTL <= 0 {
 		opts.TTL = DefaultRedisTTL
@@ -143,7 +143,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		opts.Timeout = DefaultRedisTimeout
 	}
 	if opts.QueueSize < 0 {
-		return nil, fmt.Errorf("queue size %d: must not be negative", opts.QueueSize)
+		return nil, fmt.Errorf("queue_size %d: must not be negative (0 or unset: %d)", opts.QueueSize, DefaultRedisQueueSize)
 	}
 	if opts.QueueSize == 0 {
 		opts.QueueSize = DefaultRedisQueueSize
@@ -159,7 +159,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		opts.Now = time.Now
 	}
 	if opts.Log == nil {
-		opts.Log = nopLogger{}
+		opts.Log = NopLogger{}
 	}
 	redisLogOnce.Do(func() { redis.SetLogger(debugLogger{opts.Log}) })
 	c := &opts.Client

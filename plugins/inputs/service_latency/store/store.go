@@ -11,6 +11,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/influxdata/telegraf"
+
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
 )
 
@@ -66,3 +68,20 @@ type Persister interface {
 	// the first Update after an Import are dropped.
 	Import(*Snapshot) error
 }
+
+// NopLogger is a telegraf.Logger that drops everything: the logger of a
+// store built without one.
+type NopLogger struct{}
+
+func (NopLogger) Level() telegraf.LogLevel         { return telegraf.None }
+func (NopLogger) AddAttribute(string, interface{}) {}
+func (NopLogger) Errorf(string, ...interface{})    {}
+func (NopLogger) Error(...interface{})             {}
+func (NopLogger) Warnf(string, ...interface{})     {}
+func (NopLogger) Warn(...interface{})              {}
+func (NopLogger) Infof(string, ...interface{})     {}
+func (NopLogger) Info(...interface{})              {}
+func (NopLogger) Debugf(string, ...interface{})    {}
+func (NopLogger) Debug(...interface{})             {}
+func (NopLogger) Tracef(string, ...interface{})    {}
+func (NopLogger) Trace(...interface{})             {}
