@@ -18,7 +18,7 @@ import (
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
-	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store/redistest"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redistest"
 )
 
 // microParams: window 100, sketch, no histogram (the plugin's defaults).

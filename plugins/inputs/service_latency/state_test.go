@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
-	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store/redistest"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redistest"
 )
 
 var (

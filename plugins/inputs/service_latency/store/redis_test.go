@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
-	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store/redistest"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redistest"
 )
 
 var testParams = stats.Params{Window: 8, HalfLife: 30 * time.Second, Buckets: []float64{0.005, 0.02, 0.1}}
