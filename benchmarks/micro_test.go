@@ -16,9 +16,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/service-latency/service_latency/internal/redistest"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
-	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redistest"
 )
 
 // microParams: window 100, sketch, no histogram (the plugin's defaults).

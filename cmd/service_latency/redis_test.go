@@ -13,7 +13,7 @@ import (
 	"github.com/influxdata/telegraf"
 	"github.com/stretchr/testify/require"
 
-	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redistest"
+	"github.com/service-latency/service_latency/internal/redistest"
 )
 
 // gatherN prompts one gather and returns its metrics by service name.

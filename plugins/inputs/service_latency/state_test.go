@@ -14,8 +14,8 @@ import (
 	"github.com/influxdata/telegraf/persister"
 	"github.com/stretchr/testify/require"
 
+	"github.com/service-latency/service_latency/internal/redistest"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
-	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redistest"
 )
 
 var (

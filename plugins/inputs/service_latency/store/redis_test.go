@@ -14,8 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/service-latency/service_latency/internal/redistest"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
-	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redistest"
 )
 
 var testParams = stats.Params{Window: 8, HalfLife: 30 * time.Second, Buckets: []float64{0.005, 0.02, 0.1}}

@@ -21,11 +21,11 @@ func TestURL(t *testing.T) {
 func TestText(t *testing.T) {
 	for in, want := range map[string]string{
 		`redis: url: parse "redis://u:SECRETR5@[::1:1/0": missing ']' in host`: `redis: url: parse "redis://u@[::1:1/0": missing ']' in host`,
-		`parse "redis://u:SECRET%zz@127.0.0.1": invalid userinfo`:             `parse "redis://u@127.0.0.1": invalid userinfo`,
-		`address "u:SECRETA1@127.0.0.1:16379": want host:port`:                `address "u@127.0.0.1:16379": want host:port`,
-		`dial tcp 127.0.0.1:6379: connect: connection refused`:                `dial tcp 127.0.0.1:6379: connect: connection refused`,
-		`mail me at ops@example`:                                              `mail me at ops@example`,
-		`GET http://user:pw@127.0.0.1:80/a and https://x:y@h/`:                `GET http://user@127.0.0.1:80/a and https://x@h/`,
+		`parse "redis://u:SECRET%zz@127.0.0.1": invalid userinfo`:              `parse "redis://u@127.0.0.1": invalid userinfo`,
+		`address "u:SECRETA1@127.0.0.1:16379": want host:port`:                 `address "u@127.0.0.1:16379": want host:port`,
+		`dial tcp 127.0.0.1:6379: connect: connection refused`:                 `dial tcp 127.0.0.1:6379: connect: connection refused`,
+		`mail me at ops@example`:                                               `mail me at ops@example`,
+		`GET http://user:pw@127.0.0.1:80/a and https://x:y@h/`:                 `GET http://user@127.0.0.1:80/a and https://x@h/`,
 	} {
 		if got := Text(in); got != want {
 			t.Errorf("Text(%q)\n = %q\nwant %q", in, got, want)
