@@ -1,0 +1,82 @@
+package gather
+
+import "time"
+
+// Report is everything one gather produced: the metrics to emit and the
+// gather's own signals. The plugin adds its metrics to the accumulator;
+// the status server and service_latency_internal read the same value. A
+// Report is never modified once returned.
+type Report struct {
+	// Start and End of the gather. Metrics are timestamped with Start.
+	Start, End time.Time
+	// Err is the store's error when it could not update the state: no
+	// service has a metric then (Services is empty).
+	Err error
+	// Services are the emitted services, in config order.
+	Services []Service
+	// Internal are the gather's own signals (service_latency_internal).
+	Internal Internal
+}
+
+// Service is one service's metric of a gather and what the status server
+// shows of it.
+type Service struct {
+	Name string
+	// Tags and Fields of the service_latency metric. Shared with the
+	// accumulator and the status server: read-only.
+	Tags   map[string]string
+	Fields map[string]any
+	// Histogram is one service_latency_histogram metric per bucket, in
+	// bucket order ("le" tag, cumulative count); empty without
+	// histogram_buckets.
+	Histogram []Bucket
+	// HistogramTags are the tags of the histogram metrics, less "le".
+	HistogramTags map[string]string
+	// LastSuccess and LastFailure are from the service's state (zero:
+	// never).
+	LastSuccess, LastFailure time.Time
+	// Error is this gather's failure, "<result>: <cause>", with
+	// credentials removed; "" when the probe succeeded.
+	Error string
+}
+
+// Bucket is one cumulative histogram bucket.
+type Bucket struct {
+	LE    string // the "le" tag: the upper bound, or "+Inf"
+	Count int64
+}
+
+// Internal are a gather's own signals: the fields of
+// service_latency_internal.
+type Internal struct {
+	GatherTime        time.Duration
+	Services          int
+	ProbesInFlightMax int64
+	Timeouts          int64
+	// StoreErrors counts, over the process's life, store updates that
+	// failed plus the store's own failed writes.
+	StoreErrors int64
+	// StoreSlowWrites counts writes to a shared store that missed their
+	// deadline while it answered (slow, not unreachable).
+	StoreSlowWrites int64
+	// StoreUnreachable: the shared store could not be reached at the last write.
+	StoreUnreachable bool
+	ReplayQueue      int64
+	// StoreDropped counts observations the store dropped (replay queue full).
+	StoreDropped int64
+}
+
+// Fields returns the service_latency_internal fields.
+func (in *Internal) Fields() map[string]any {
+	return map[string]any{
+		"gather_time":          in.GatherTime.Seconds(),
+		"services":             int64(in.Services),
+		"probes_in_flight_max": in.ProbesInFlightMax,
+		"timeouts":             in.Timeouts,
+		"store_errors":         in.StoreErrors,
+		"store_slow_writes":    in.StoreSlowWrites,
+		"store_unreachable":    in.StoreUnreachable,
+		"replay_queue":         in.ReplayQueue,
+		"store_dropped":        in.StoreDropped,
+	}
+}
