@@ -1,7 +1,6 @@
 package stats
 
 import (
-	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -9,6 +8,8 @@ import (
 
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/DataDog/sketches-go/ddsketch/mapping"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 )
 
 // Sketch parameters. They are fixed forever: every agent and every stored
@@ -75,23 +76,24 @@ type Params struct {
 	Buckets []float64
 }
 
-// Validate checks the parameters. Errors name the configuration key at fault:
-// "window", "ewma_half_life" or "histogram_buckets".
+// Validate checks the parameters. Every error is a *keyerr.Error whose Key
+// is the configuration key at fault: "window", "ewma_half_life" or
+// "histogram_buckets".
 func (p Params) Validate() error {
 	if p.Window < 1 || p.Window > MaxWindow {
-		return fmt.Errorf("invalid \"window\" %d: must be between 1 and %d", p.Window, MaxWindow)
+		return keyerr.Errorf("window", "must be between 1 and %d, got %d", MaxWindow, p.Window)
 	}
 	if p.HalfLife <= 0 {
-		return fmt.Errorf("invalid \"ewma_half_life\" %s: must be positive", p.HalfLife)
+		return keyerr.Errorf("ewma_half_life", "must be positive, got %s", p.HalfLife)
 	}
 	for i, b := range p.Buckets {
 		switch {
 		case math.IsNaN(b) || math.IsInf(b, 0):
-			return fmt.Errorf("invalid \"histogram_buckets\": bound #%d (%v) is not finite", i+1, b)
+			return keyerr.Errorf("histogram_buckets", "bound #%d (%v) is not finite", i+1, b)
 		case b < 0:
-			return fmt.Errorf("invalid \"histogram_buckets\": bound #%d (%v) is negative", i+1, b)
+			return keyerr.Errorf("histogram_buckets", "bound #%d (%v) is negative", i+1, b)
 		case i > 0 && b <= p.Buckets[i-1]:
-			return fmt.Errorf("invalid \"histogram_buckets\": bounds must be strictly increasing, #%d (%v) follows %v",
+			return keyerr.Errorf("histogram_buckets", "bounds must be strictly increasing, #%d (%v) follows %v",
 				i+1, b, p.Buckets[i-1])
 		}
 	}
@@ -109,15 +111,15 @@ func (p Params) bucketCount() int {
 
 // ValidatePercentiles checks a list of requested percentiles: each must be
 // finite and strictly between 0 and 100, without duplicates. An empty list is
-// valid. Errors name the configuration key "percentiles".
+// valid. Every error is a *keyerr.Error with Key "percentiles".
 func ValidatePercentiles(ps []float64) error {
 	for i, p := range ps {
 		if !(p > 0 && p < 100) { // also rejects NaN
-			return fmt.Errorf("invalid \"percentiles\": %v must be strictly between 0 and 100", p)
+			return keyerr.Errorf("percentiles", "%v must be strictly between 0 and 100", p)
 		}
 		for _, q := range ps[:i] {
 			if q == p {
-				return fmt.Errorf("invalid \"percentiles\": %v is listed twice", p)
+				return keyerr.Errorf("percentiles", "%v is listed twice", p)
 			}
 		}
 	}

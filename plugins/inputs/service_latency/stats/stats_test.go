@@ -10,6 +10,8 @@ import (
 
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/stretchr/testify/require"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 )
 
 var testBuckets = []float64{0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
@@ -533,33 +535,45 @@ func TestParamsValidate(t *testing.T) {
 	for _, c := range []struct {
 		p   Params
 		key string
+		msg string
 	}{
-		{Params{Window: 0, HalfLife: time.Minute}, `"window"`},
-		{Params{Window: -3, HalfLife: time.Minute}, `"window"`},
-		{Params{Window: MaxWindow + 1, HalfLife: time.Minute}, `"window"`},
-		{Params{Window: 10}, `"ewma_half_life"`},
-		{Params{Window: 10, HalfLife: -time.Second}, `"ewma_half_life"`},
-		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{0.1, 0.1}}, `"histogram_buckets"`},
-		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{1, 0.1}}, `"histogram_buckets"`},
-		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{-1, 0.1}}, `"histogram_buckets"`},
-		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{0.1, math.NaN()}}, `"histogram_buckets"`},
-		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{0.1, math.Inf(1)}}, `"histogram_buckets"`},
+		{Params{Window: 0, HalfLife: time.Minute}, "window", "window: must be between 1 and 100000, got 0"},
+		{Params{Window: -3, HalfLife: time.Minute}, "window", "got -3"},
+		{Params{Window: MaxWindow + 1, HalfLife: time.Minute}, "window", "got 100001"},
+		{Params{Window: 10}, "ewma_half_life", "ewma_half_life: must be positive, got 0s"},
+		{Params{Window: 10, HalfLife: -time.Second}, "ewma_half_life", "got -1s"},
+		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{0.1, 0.1}}, "histogram_buckets", "strictly increasing, #2 (0.1) follows 0.1"},
+		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{1, 0.1}}, "histogram_buckets", "strictly increasing"},
+		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{-1, 0.1}}, "histogram_buckets", "bound #1 (-1) is negative"},
+		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{0.1, math.NaN()}}, "histogram_buckets", "bound #2 (NaN) is not finite"},
+		{Params{Window: 10, HalfLife: time.Minute, Buckets: []float64{0.1, math.Inf(1)}}, "histogram_buckets", "is not finite"},
 	} {
 		err := c.p.Validate()
 		require.Error(t, err, "%+v", c.p)
-		require.Contains(t, err.Error(), c.key)
+		require.Equal(t, c.key, keyerr.Key(err), "%+v: %v", c.p, err)
+		require.Contains(t, err.Error(), c.msg)
 	}
 }
 
 func TestValidatePercentiles(t *testing.T) {
 	require.NoError(t, ValidatePercentiles(nil))
 	require.NoError(t, ValidatePercentiles([]float64{50, 90, 99, 99.9, 99.99, 0.1}))
-	for _, ps := range [][]float64{
-		{0}, {100}, {-1}, {150}, {math.NaN()}, {math.Inf(1)}, {50, 90, 50},
+	for _, c := range []struct {
+		ps  []float64
+		msg string
+	}{
+		{[]float64{0}, "percentiles: 0 must be strictly between 0 and 100"},
+		{[]float64{100}, "100 must be strictly"},
+		{[]float64{-1}, "-1 must be strictly"},
+		{[]float64{150}, "150 must be strictly"},
+		{[]float64{math.NaN()}, "NaN must be strictly"},
+		{[]float64{math.Inf(1)}, "+Inf must be strictly"},
+		{[]float64{50, 90, 50}, "percentiles: 50 is listed twice"},
 	} {
-		err := ValidatePercentiles(ps)
-		require.Error(t, err, "%v", ps)
-		require.Contains(t, err.Error(), `"percentiles"`)
+		err := ValidatePercentiles(c.ps)
+		require.Error(t, err, "%v", c.ps)
+		require.Equal(t, "percentiles", keyerr.Key(err), "%v: %v", c.ps, err)
+		require.Contains(t, err.Error(), c.msg)
 	}
 }
 
