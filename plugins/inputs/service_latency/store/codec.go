@@ -11,12 +11,12 @@ import (
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
 )
 
-// SnapshotVersion is the version of the Snapshot format (the state file's
+// DumpVersion is the version of the Dump format (the state file's
 // "version" field). A file of another version is not loaded: it is kept
 // aside like a corrupt one.
-const SnapshotVersion = 1
+const DumpVersion = 1
 
-// Snapshot is every service's state in a portable form: the content of the
+// Dump is every service's state in a portable form: the content of the
 // state file and of Telegraf's statefile entry (GetState/SetState). It is
 // plain JSON:
 //
@@ -24,14 +24,14 @@ const SnapshotVersion = 1
 //
 // Each service entry is kept as raw JSON so that one malformed entry does
 // not prevent the others from loading.
-type Snapshot struct {
+type Dump struct {
 	Version  int                        `json:"version"`
 	SavedAt  time.Time                  `json:"saved_at,omitzero"`
 	Services map[string]json.RawMessage `json:"services"`
 }
 
-// entry is one service's state in a Snapshot. Times are unix nanoseconds.
-type entry struct {
+// dumpEntry is one service's state in a Dump. Times are unix nanoseconds.
+type dumpEntry struct {
 	// The Params the state was built for.
 	Window           int       `json:"window"`
 	HalfLife         string    `json:"ewma_half_life"`
@@ -81,7 +81,7 @@ func encodeEntry(s *stats.State, p stats.Params) ([]byte, error) {
 	if err := s.Validate(p); err != nil {
 		return nil, err
 	}
-	e := entry{
+	e := dumpEntry{
 		Window:              p.Window,
 		HalfLife:            p.HalfLife.String(),
 		HistogramBuckets:    p.Buckets,
@@ -125,7 +125,7 @@ func encodeEntry(s *stats.State, p stats.Params) ([]byte, error) {
 // Params it was saved with; adapting it to the current Params is the
 // memory store's job.
 func decodeEntry(raw json.RawMessage) (*stats.State, stats.Params, error) {
-	var e entry
+	var e dumpEntry
 	var p stats.Params
 	if err := json.Unmarshal(raw, &e); err != nil {
 		return nil, p, err
@@ -200,15 +200,15 @@ func fillSketch(s *stats.State, zero float64, bins map[int]float64) error {
 	return nil
 }
 
-var errNilSnapshot = errors.New("no snapshot")
+var errNilDump = errors.New("no dump")
 
-// checkSnapshot reports a snapshot that cannot be loaded at all.
-func checkSnapshot(s *Snapshot) error {
+// checkDump reports a snapshot that cannot be loaded at all.
+func checkDump(s *Dump) error {
 	if s == nil {
-		return errNilSnapshot
+		return errNilDump
 	}
-	if s.Version != SnapshotVersion {
-		return fmt.Errorf("unsupported state format version %d (want %d)", s.Version, SnapshotVersion)
+	if s.Version != DumpVersion {
+		return fmt.Errorf("unsupported state format version %d (want %d)", s.Version, DumpVersion)
 	}
 	return nil
 }

@@ -54,22 +54,16 @@ func NewFile(path string, log telegraf.Logger) *File {
 	return &File{mem: NewMemory(), path: path, log: log, now: time.Now}
 }
 
-// Memory returns the in-process store that holds the state.
-func (f *File) Memory() *Memory { return f.mem }
-
-// Path returns the state file's path.
-func (f *File) Path() string { return f.path }
-
-// SaveErrors returns the number of failed saves.
-func (f *File) SaveErrors() int64 {
+// Health implements Store: failed saves are WriteErrors.
+func (f *File) Health() Health {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.saveErrs
+	return Health{WriteErrors: f.saveErrs}
 }
 
 // Update implements Store: it loads the file on the first call, applies
 // the observations and saves the file.
-func (f *File) Update(ctx context.Context, now time.Time, obs []Observation) ([]Result, error) {
+func (f *File) Update(ctx context.Context, now time.Time, obs []Observation) ([]Entry, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.loadLocked()
@@ -97,7 +91,7 @@ func (f *File) Close() error {
 }
 
 // Export implements Persister.
-func (f *File) Export() *Snapshot {
+func (f *File) Export() *Dump {
 	f.mu.Lock()
 	f.loadLocked()
 	f.mu.Unlock()
@@ -107,7 +101,7 @@ func (f *File) Export() *Snapshot {
 // Import implements Persister. The state file wins: when it held a state,
 // the imported snapshot is ignored (the file is written after every
 // gather, so it is at least as recent).
-func (f *File) Import(snap *Snapshot) error {
+func (f *File) Import(snap *Dump) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.loadLocked()
@@ -132,12 +126,12 @@ func (f *File) loadLocked() {
 		f.keepAside(fmt.Errorf("reading it: %w", err), true)
 		return
 	}
-	var snap Snapshot
+	var snap Dump
 	if err := json.Unmarshal(data, &snap); err != nil {
 		f.keepAside(fmt.Errorf("decoding it: %w", err), true)
 		return
 	}
-	nbad, err := f.mem.importSnapshot(&snap, "state file "+f.path)
+	nbad, err := f.mem.importDump(&snap, "state file "+f.path)
 	if err != nil {
 		f.keepAside(err, true)
 		return

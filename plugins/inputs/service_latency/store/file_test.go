@@ -52,7 +52,7 @@ func TestFileStateSurvivesARestart(t *testing.T) {
 	data, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal(data, &head))
-	require.Equal(t, SnapshotVersion, head.Version)
+	require.Equal(t, DumpVersion, head.Version)
 
 	// a new process
 	g, glog := newFile(t, path)
@@ -206,7 +206,7 @@ func TestFileSaveFailureIsWarnedAndTheGatherGoesOn(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, int64(i+1), res[0].State.Count)
 	}
-	require.Equal(t, int64(3), f.SaveErrors())
+	require.Equal(t, int64(3), f.Health().WriteErrors)
 	require.Len(t, log.Warnings(), 1, "warned once a minute at most")
 	require.Contains(t, log.Warnings()[0], "saving the state file")
 }
@@ -222,15 +222,15 @@ func TestSnapshotRoundTripKeepsEveryField(t *testing.T) {
 	}
 	data, err := json.Marshal(m.Export()) // as Telegraf's statefile does
 	require.NoError(t, err)
-	var snap Snapshot
+	var snap Dump
 	require.NoError(t, json.Unmarshal(data, &snap))
 	n := NewMemory()
 	require.NoError(t, n.Import(&snap))
 	for _, name := range []string{"a", "b"} {
-		requireSameState(t, m.State(name), n.State(name))
+		requireSameState(t, m.state(name), n.state(name))
 	}
-	require.Error(t, n.Import(&Snapshot{Version: 2}))
-	require.NotNil(t, n.State("a"), "a rejected import changes nothing")
+	require.Error(t, n.Import(&Dump{Version: 2}))
+	require.NotNil(t, n.state("a"), "a rejected import changes nothing")
 }
 
 func TestFileImportYieldsToTheStateFile(t *testing.T) {

@@ -55,7 +55,7 @@ func FuzzStateFile(f *testing.F) {
 		if len(names) > 50 {
 			names = names[:50]
 		}
-		mem := fs.Memory()
+		mem := fs.memory()
 		now := time.Unix(1_700_000_000, 0)
 		for round := range 2 {
 			obs := make([]Observation, len(names))
@@ -89,12 +89,12 @@ func FuzzStateFile(f *testing.F) {
 		if err != nil {
 			t.Fatalf("encoding the state: %v", err)
 		}
-		var back Snapshot
+		var back Dump
 		if err := json.Unmarshal(enc, &back); err != nil {
 			t.Fatalf("decoding what was written: %v", err)
 		}
 		again := NewMemory()
-		bad, err := again.importSnapshot(&back, "fuzz")
+		bad, err := again.importDump(&back, "fuzz")
 		if err != nil || bad != 0 {
 			t.Fatalf("re-import of the written state: %d malformed entries, %v", bad, err)
 		}

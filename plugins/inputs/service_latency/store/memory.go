@@ -23,7 +23,7 @@ type Memory struct {
 	pruneNext bool
 	// out is Update's result slice, reused from call to call (the Store
 	// contract: results are valid until the next Update).
-	out []Result
+	out []Entry
 }
 
 type memEntry struct {
@@ -31,8 +31,7 @@ type memEntry struct {
 	params stats.Params
 	// checked: state passed Validate(params) (or is new) and has only been
 	// changed by Observe since, which keeps a valid state valid; it needs
-	// no new check until its params change. Put, Import and State (which
-	// hands the state out to be changed) clear it.
+	// no new check until its params change. Import leaves it clear.
 	checked bool
 }
 
@@ -42,7 +41,7 @@ func NewMemory() *Memory {
 }
 
 // Update implements Store.
-func (m *Memory) Update(_ context.Context, now time.Time, obs []Observation) ([]Result, error) {
+func (m *Memory) Update(_ context.Context, now time.Time, obs []Observation) ([]Entry, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.pruneNext {
@@ -63,7 +62,7 @@ func (m *Memory) Update(_ context.Context, now time.Time, obs []Observation) ([]
 		}
 	}
 	if cap(m.out) < len(obs) {
-		m.out = make([]Result, len(obs))
+		m.out = make([]Entry, len(obs))
 	}
 	out := m.out[:len(obs)]
 	for i := range obs {
@@ -79,7 +78,7 @@ func (m *Memory) Update(_ context.Context, now time.Time, obs []Observation) ([]
 	return out, nil
 }
 
-func (m *Memory) apply(now time.Time, o *Observation) Result {
+func (m *Memory) apply(now time.Time, o *Observation) Entry {
 	var warn error
 	e := m.states[o.Service]
 	switch {
@@ -110,7 +109,7 @@ func (m *Memory) apply(now time.Time, o *Observation) Result {
 		e.checked = true
 	}
 	e.state.Observe(now, o.OK, o.Latency, o.Params)
-	return Result{State: e.state, Warning: warn}
+	return Entry{State: e.state, Warning: warn}
 }
 
 func sameParams(a, b stats.Params) bool {
@@ -136,46 +135,16 @@ func (m *Memory) Retain(keep func(string) bool) {
 // Close implements Store.
 func (*Memory) Close() error { return nil }
 
-// State returns the live state of a service (nil when there is none). It
-// is meant for tests and for loading persisted state; the caller must not
-// use it concurrently with Update. The caller may change it: the next
-// Update validates it again.
-func (m *Memory) State(service string) *stats.State {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if e := m.states[service]; e != nil {
-		e.checked = false
-		return e.state
-	}
-	return nil
-}
-
-// Put replaces the state of a service (used to load persisted state).
-func (m *Memory) Put(service string, s *stats.State, p stats.Params) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.states[service] = &memEntry{state: s, params: p}
-}
-
-// Services lists the services with state, sorted.
-func (m *Memory) Services() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	names := make([]string, 0, len(m.states))
-	for n := range m.states {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
+// Health implements Store: the memory store has nothing to report.
+func (*Memory) Health() Health { return Health{} }
 
 // Export implements Persister. Only states that are valid for their
 // Params are exported (a malformed one falls back at its next Update
 // anyway).
-func (m *Memory) Export() *Snapshot {
+func (m *Memory) Export() *Dump {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	snap := &Snapshot{Version: SnapshotVersion, Services: make(map[string]json.RawMessage, len(m.states))}
+	d := &Dump{Version: DumpVersion, Services: make(map[string]json.RawMessage, len(m.states))}
 	for name, e := range m.states {
 		if e.state == nil {
 			continue
@@ -184,21 +153,21 @@ func (m *Memory) Export() *Snapshot {
 		if err != nil {
 			continue
 		}
-		snap.Services[name] = raw
+		d.Services[name] = raw
 	}
-	return snap
+	return d
 }
 
 // Import implements Persister.
-func (m *Memory) Import(snap *Snapshot) error {
-	_, err := m.importSnapshot(snap, "")
+func (m *Memory) Import(snap *Dump) error {
+	_, err := m.importDump(snap, "")
 	return err
 }
 
-// importSnapshot replaces the state with snap's and returns the number of
+// importDump replaces the state with snap's and returns the number of
 // malformed entries. source ("state file /x") is named in their warnings.
-func (m *Memory) importSnapshot(snap *Snapshot, source string) (int, error) {
-	if err := checkSnapshot(snap); err != nil {
+func (m *Memory) importDump(snap *Dump, source string) (int, error) {
+	if err := checkDump(snap); err != nil {
 		return 0, err
 	}
 	if source == "" {

@@ -111,10 +111,12 @@ type Redis struct {
 	warnedAt   time.Time
 	droppedAt  time.Time
 
-	queueLen atomic.Int64
-	dropped  atomic.Int64
-	errs     atomic.Int64
-	replayed atomic.Int64
+	queueLen    atomic.Int64
+	dropped     atomic.Int64
+	errs        atomic.Int64
+	replayed    atomic.Int64
+	slow        atomic.Int64
+	unreachable atomic.Bool
 }
 
 // pending is one observation not yet confirmed by Redis.
@@ -204,26 +206,19 @@ func (l debugLogger) Printf(_ context.Context, format string, v ...interface{}) 
 	l.log.Debugf(format, v...)
 }
 
-// AgentID returns the agent id of this store's writes.
-func (r *Redis) AgentID() string { return r.opts.AgentID }
+// Health implements Store.
+func (r *Redis) Health() Health {
+	return Health{
+		WriteErrors: r.errs.Load(),
+		Dropped:     r.dropped.Load(),
+		QueueLen:    int(r.queueLen.Load()),
+		SlowWrites:  r.slow.Load(),
+		Unreachable: r.unreachable.Load(),
+	}
+}
 
-// QueueLen returns the number of observations waiting for replay.
-func (r *Redis) QueueLen() int { return int(r.queueLen.Load()) }
-
-// Dropped returns the number of observations dropped because the replay
-// queue was full.
-func (r *Redis) Dropped() int64 { return r.dropped.Load() }
-
-// Errors returns the number of Updates (and the final flush) that could
-// not write every service to Redis.
-func (r *Redis) Errors() int64 { return r.errs.Load() }
-
-// Replayed returns the number of queued observations written to Redis
-// after an outage.
-func (r *Redis) Replayed() int64 { return r.replayed.Load() }
-
-// Keys returns the Redis keys of a service's state.
-func (r *Redis) Keys(service string) []string { return redisKeys(r.opts.KeyPrefix, service) }
+// keys returns the Redis keys of a service's state.
+func (r *Redis) keys(service string) []string { return redisKeys(r.opts.KeyPrefix, service) }
 
 func redisKeys(prefix, service string) []string {
 	base := prefix + ":{" + escapeTag(service) + "}:"
@@ -271,7 +266,7 @@ type outcome struct {
 }
 
 // Update implements Store.
-func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([]Result, error) {
+func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([]Entry, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seq++
@@ -286,12 +281,12 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 	}
 	outs, firstErr := r.syncLocked(ctx, all, obs)
 
-	res := make([]Result, len(obs))
+	res := make([]Entry, len(obs))
 	for i := range obs {
 		o := &obs[i]
 		out := outs[o.Service]
 		if out != nil && out.err == nil {
-			res[i] = Result{State: out.state, Warning: out.warn}
+			res[i] = Entry{State: out.state, Warning: out.warn}
 			continue
 		}
 		// Degraded: the agent's own view (last merged state + own probes).
@@ -307,7 +302,7 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 			r.local[o.Service] = st
 		}
 		st.Observe(now, o.OK, o.Latency, o.Params)
-		res[i] = Result{State: st}
+		res[i] = Entry{State: st}
 	}
 
 	// Keep what was not written, in order.
@@ -408,7 +403,7 @@ func (r *Redis) syncLocked(ctx context.Context, entries []pending, obs []Observa
 	for attempt := 0; len(todo) > 0 && attempt < 2; attempt++ {
 		pipe := client.Pipeline()
 		for _, b := range todo {
-			b.cmd = redisScript.EvalSha(ctx, pipe, r.Keys(b.service), r.args(b)...)
+			b.cmd = redisScript.EvalSha(ctx, pipe, r.keys(b.service), r.args(b)...)
 		}
 		_, execErr := pipe.Exec(ctx)
 		var noscript []*batch
@@ -434,7 +429,7 @@ func (r *Redis) syncLocked(ctx context.Context, entries []pending, obs []Observa
 					// A runtime error of the script on this service's
 					// keys: discard them at the next write.
 					r.forceReset[b.service] = true
-					r.opts.Log.Warnf("Redis state store: the script failed on service %q (keys %s): %v; its keys will be rewritten", b.service, r.Keys(b.service)[0], err)
+					r.opts.Log.Warnf("Redis state store: the script failed on service %q (keys %s): %v; its keys will be rewritten", b.service, r.keys(b.service)[0], err)
 				}
 				outs[b.service] = &outcome{err: err}
 				if firstErr == nil {
@@ -575,7 +570,7 @@ func (r *Redis) decodeOutcome(b *batch, v interface{}) *outcome {
 		st = stats.NewState(b.params)
 		r.local[b.service] = st
 	}
-	keys := r.Keys(b.service)
+	keys := r.keys(b.service)
 	status, key, reason, err := decodeReply(v, st, b.params)
 	if err != nil {
 		// The reply does not make a valid state although the script

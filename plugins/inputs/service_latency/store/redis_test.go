@@ -140,8 +140,8 @@ func TestRedisMergeMatchesObserve(t *testing.T) {
 		requireSameState(t, want, res[0].State)
 		require.NoError(t, res[0].State.Validate(testParams))
 	}
-	require.Zero(t, r.Errors())
-	require.Zero(t, r.QueueLen())
+	require.Zero(t, r.Health().WriteErrors)
+	require.Zero(t, r.Health().QueueLen)
 }
 
 func TestRedisTwoAgentsShareOneState(t *testing.T) {
@@ -221,7 +221,7 @@ func TestRedisRetriedWriteCountsOnce(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(3), outs["api"].state.Count)
 	// the idempotence record
-	rec, err := srv.Client().HGet(context.Background(), r.Keys("api")[3], "agent-1").Result()
+	rec, err := srv.Client().HGet(context.Background(), r.keys("api")[3], "agent-1").Result()
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(rec, "8:"), rec)
 }
@@ -268,7 +268,7 @@ func TestRedisOutageQueuesAndReplaysExactlyOnce(t *testing.T) {
 	now := time.Now()
 	probes := 0
 	var samplesA []float64
-	step := func() []Result {
+	step := func() []Entry {
 		i := probes
 		probes++
 		now = now.Add(time.Second)
@@ -288,20 +288,20 @@ func TestRedisOutageQueuesAndReplaysExactlyOnce(t *testing.T) {
 		res := step()
 		require.Equal(t, int64(probes), res[0].State.Count, "local state: the last merged state plus this agent's probes")
 		require.Equal(t, int64(probes), res[1].State.Probes)
-		require.Equal(t, 2*(i+1), r.QueueLen())
+		require.Equal(t, 2*(i+1), r.Health().QueueLen)
 		clock.Add(10 * time.Second)
 	}
 	require.Len(t, log.Warnings(), 1, "one warning per outage, then at most one a minute: %v", log.Warnings())
 	clock.Add(time.Minute)
 	step()
 	require.Len(t, log.Warnings(), 2, "another warning after a minute")
-	require.Equal(t, int64(5), r.Errors())
-	require.Equal(t, 10, r.QueueLen())
+	require.Equal(t, int64(5), r.Health().WriteErrors)
+	require.Equal(t, 10, r.Health().QueueLen)
 
 	srv.Restart()
 	res := step()
-	require.Zero(t, r.QueueLen())
-	require.Equal(t, int64(10), r.Replayed())
+	require.Zero(t, r.Health().QueueLen)
+	require.Equal(t, int64(10), r.replayed.Load())
 	require.Equal(t, int64(probes), res[0].State.Count, "after the replay the shared count is every probe taken")
 	require.Equal(t, int64(probes), res[1].State.Probes)
 	var sum float64
@@ -353,7 +353,7 @@ func TestRedisHungServerTimesOut(t *testing.T) {
 	res, err := r.Update(context.Background(), now.Add(10*time.Second), obs1("api", true, 0.01))
 	require.NoError(t, err)
 	require.Equal(t, int64(5), res[0].State.Count, "the hung writes were applied at most once")
-	require.Zero(t, r.QueueLen())
+	require.Zero(t, r.Health().QueueLen)
 }
 
 func TestRedisQueueIsBounded(t *testing.T) {
@@ -369,8 +369,8 @@ func TestRedisQueueIsBounded(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, int64(i+1), res[0].State.Count)
 	}
-	require.Equal(t, 5, r.QueueLen())
-	require.Equal(t, int64(3), r.Dropped())
+	require.Equal(t, 5, r.Health().QueueLen)
+	require.Equal(t, int64(3), r.Health().Dropped)
 	var full int
 	for _, w := range log.Warnings() {
 		if strings.Contains(w, "queue full") {
@@ -398,7 +398,7 @@ func TestRedisMalformedKeysFallBackForThatServiceOnly(t *testing.T) {
 	c := srv.Client()
 	ctx := context.Background()
 	r, _ := newRedis(t, srv)
-	ka, kb := r.Keys("a"), r.Keys("b")
+	ka, kb := r.keys("a"), r.keys("b")
 	cases := []struct {
 		name   string
 		key    string
@@ -414,7 +414,7 @@ func TestRedisMalformedKeysFallBackForThatServiceOnly(t *testing.T) {
 		{"agents type", ka[3], func() error { c.Del(ctx, ka[3]); return c.Set(ctx, ka[3], "x", 0).Err() }},
 	}
 	now := time.Now()
-	gather := func(latA float64) []Result {
+	gather := func(latA float64) []Entry {
 		now = now.Add(time.Second)
 		res, err := r.Update(ctx, now, []Observation{
 			{Service: "a", Params: testParams, OK: true, Latency: latA},
@@ -535,7 +535,7 @@ func TestRedisRetainForgetsLocalStateAndQueue(t *testing.T) {
 		{Service: "drop", Params: testParams, OK: true, Latency: 0.01},
 	})
 	require.NoError(t, err)
-	require.Equal(t, 2, r.QueueLen())
+	require.Equal(t, 2, r.Health().QueueLen)
 	r.Retain(func(s string) bool { return s == "keep" })
-	require.Equal(t, 1, r.QueueLen())
+	require.Equal(t, 1, r.Health().QueueLen)
 }

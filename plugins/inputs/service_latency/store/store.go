@@ -28,28 +28,43 @@ type Observation struct {
 	Latency float64
 }
 
-// Result is a service's state after an Update.
-type Result struct {
+// Entry is a service's state after an Update.
+type Entry struct {
 	// State after the observation was applied. It is read-only for the
 	// caller and valid until the next Update.
 	State *stats.State
 	// Warning is set when the stored state was missing parts or malformed
 	// and the service fell back to a fresh state seeded with the current
-	// observation, or when the state came from a degraded path (e.g. a
-	// shared store that could not be reached). The gather goes on.
+	// observation. The gather goes on. A shared store that cannot be
+	// written returns the agent's local state without a per-service
+	// warning: it logs the outage itself (rate-limited) and reports it in
+	// Health.
 	Warning error
+}
+
+// Health is what a store says about itself, for service_latency_internal
+// and /status.
+type Health struct {
+	WriteErrors int64 // cumulative: failed writes (Redis chunks that failed, state-file saves that failed)
+	Dropped     int64 // cumulative: observations dropped because the replay queue was full
+	QueueLen    int   // observations waiting to be replayed to a shared store now
+	SlowWrites  int64 // cumulative: Redis chunks that missed their deadline while Redis was reachable
+	Unreachable bool  // the shared store could not be reached at the last write
 }
 
 // Store keeps per-service state across gathers. Update is never called
 // concurrently with itself.
 type Store interface {
 	// Update applies one gather's observations, taken at now, and returns
-	// one Result per observation, in the same order. An error means no
-	// result at all (the caller then has nothing to emit for any service);
-	// per-service problems are Result.Warning.
-	Update(ctx context.Context, now time.Time, obs []Observation) ([]Result, error)
+	// one Entry per observation, in the same order. An error means no
+	// entry at all (the caller then has nothing to emit for any service);
+	// per-service problems are Entry.Warning.
+	Update(ctx context.Context, now time.Time, obs []Observation) ([]Entry, error)
 	// Retain drops the state of every service for which keep is false.
 	Retain(keep func(service string) bool)
+	// Health reports the store's own condition. It is safe to call
+	// concurrently with Update.
+	Health() Health
 	// Close flushes and releases the store.
 	Close() error
 }
@@ -60,13 +75,13 @@ type Store interface {
 // which store it has; a store without it has nothing to persist locally.
 type Persister interface {
 	// Export returns a deep, self-contained copy of every service's state.
-	Export() *Snapshot
-	// Import replaces the state with the snapshot's. A snapshot of an
+	Export() *Dump
+	// Import replaces the state with the dump's. A dump of an
 	// unknown version is an error and changes nothing; a malformed service
 	// entry is skipped, and that service falls back to the current sample
 	// at its next Update, with a warning naming it. Services absent from
 	// the first Update after an Import are dropped.
-	Import(*Snapshot) error
+	Import(*Dump) error
 }
 
 // NopLogger is a telegraf.Logger that drops everything: the logger of a
