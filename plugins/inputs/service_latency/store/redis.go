@@ -19,6 +19,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
 )
 
@@ -30,6 +32,12 @@ const (
 	// DefaultRedisQueueSize is the number of observations kept for replay
 	// while Redis cannot be reached.
 	DefaultRedisQueueSize = 10000
+	// DefaultRedisChunkSize is the number of services written in one
+	// round trip (one pipeline, one deadline).
+	DefaultRedisChunkSize = 500
+	// DefaultRedisReplayPerUpdate is the number of queued observations
+	// replayed per Update after an outage (see RedisOptions).
+	DefaultRedisReplayPerUpdate = 10000
 )
 
 //go:embed redis.lua
@@ -58,6 +66,15 @@ type RedisOptions struct {
 	// QueueSize bounds the observations kept for replay during an outage;
 	// beyond it the oldest are dropped (and counted).
 	QueueSize int
+	// ChunkSize is the number of services written in one round trip (0:
+	// DefaultRedisChunkSize); each round trip has its own deadline,
+	// Timeout.
+	ChunkSize int
+	// ReplayPerUpdate bounds the queued observations replayed per Update
+	// (0: DefaultRedisReplayPerUpdate); it is raised to twice the number
+	// of services with queued observations, so that every one of them
+	// drains.
+	ReplayPerUpdate int
 	// Log receives the outage, replay and malformed-state messages.
 	Log telegraf.Logger
 	// Now is the clock of the warning rate limits (time.Now when nil).
@@ -135,20 +152,26 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	if opts.KeyPrefix == "" {
 		opts.KeyPrefix = DefaultRedisKeyPrefix
 	}
-	if strings.ContainsAny(opts.KeyPrefix, "{}") {
-		return nil, fmt.Errorf("key_prefix %q may not contain '{' or '}' (they delimit the hash tag)", opts.KeyPrefix)
-	}
-	if opts.TTL <= 0 {
+	if opts.TTL == 0 {
 		opts.TTL = DefaultRedisTTL
 	}
-	if opts.Timeout <= 0 {
+	if opts.Timeout == 0 {
 		opts.Timeout = DefaultRedisTimeout
-	}
-	if opts.QueueSize < 0 {
-		return nil, fmt.Errorf("queue_size %d: must not be negative (0 or unset: %d)", opts.QueueSize, DefaultRedisQueueSize)
 	}
 	if opts.QueueSize == 0 {
 		opts.QueueSize = DefaultRedisQueueSize
+	}
+	if opts.ChunkSize == 0 {
+		opts.ChunkSize = DefaultRedisChunkSize
+	}
+	if opts.ReplayPerUpdate == 0 {
+		opts.ReplayPerUpdate = DefaultRedisReplayPerUpdate
+	}
+	if err := opts.check(); err != nil {
+		return nil, err
+	}
+	if len(opts.Client.Addrs) == 0 {
+		return nil, keyerr.New("address", errors.New("no Redis address"))
 	}
 	if opts.AgentID == "" {
 		var b [8]byte
@@ -177,9 +200,6 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	c.MaxRetries = 1
 	c.MinRetryBackoff = 5 * time.Millisecond
 	c.MaxRetryBackoff = 50 * time.Millisecond
-	if len(c.Addrs) == 0 {
-		return nil, errors.New("no Redis address")
-	}
 	return &Redis{
 		opts:    opts,
 		mapping: mappingID,
@@ -203,7 +223,7 @@ var redisLogOnce sync.Once
 type debugLogger struct{ log telegraf.Logger }
 
 func (l debugLogger) Printf(_ context.Context, format string, v ...interface{}) {
-	l.log.Debugf(format, v...)
+	l.log.Debug(redact.Text(fmt.Sprintf(format, v...)))
 }
 
 // Health implements Store.
