@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"slices"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
@@ -37,3 +38,32 @@ func (f *File) memory() *Memory { return f.mem }
 
 // agentID returns the agent id of a Redis store's writes.
 func (r *Redis) agentID() string { return r.opts.AgentID }
+
+// writeEntries writes the entries as given (grouped by service, in order),
+// bypassing the queue: a retried or replayed write.
+func (r *Redis) writeEntries(ctx context.Context, entries []pending, obs []Observation) map[string]*outcome {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	by := make(map[string]*batch)
+	var batches []*batch
+	for _, e := range entries {
+		b := by[e.service]
+		if b == nil {
+			b = &batch{service: e.service, params: e.params}
+			by[e.service] = b
+			batches = append(batches, b)
+		}
+		b.entries = append(b.entries, e)
+	}
+	for i := range obs {
+		if b := by[obs[i].Service]; b != nil {
+			b.params, b.observed = obs[i].Params, true
+		}
+	}
+	r.writeLocked(ctx, batches)
+	outs := make(map[string]*outcome, len(batches))
+	for _, b := range batches {
+		outs[b.service] = b.out
+	}
+	return outs
+}

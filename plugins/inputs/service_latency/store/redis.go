@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	_ "embed"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -99,18 +101,24 @@ type RedisOptions struct {
 //	<prefix>:{<service>}:agents  hash  agent id -> last applied sequence
 //	                                   number and when
 //
-// One Lua script per service per Update, all in one pipeline, merges the
-// observations atomically and returns the merged state. Every observation
-// carries the agent id and a per-agent sequence number, and the script
-// skips one it has already applied, so a retried or replayed write counts
+// One Lua script call per service per Update merges the observations
+// atomically and returns the merged state. The calls go in chunks of
+// ChunkSize services, one pipeline and one deadline (Timeout) each. Every
+// observation carries the agent id and a per-agent sequence number, and
+// the script skips one it has already applied, so a retried or replayed
+// write (a chunk whose replies were lost after Redis applied it) counts
 // exactly once.
 //
-// When Redis cannot be reached within Timeout, Update returns the agent's
-// local state (the last merged state Redis returned, plus this agent's
-// observations since), queues the observations (at most QueueSize, oldest
-// dropped first) and warns once, then at most once a minute. The next
-// Update that reaches Redis replays the queue in order before the new
-// observations.
+// When a chunk cannot be written within Timeout, the Update stops
+// writing: the services of that chunk and of the ones after it get the
+// agent's local state (the last merged state Redis returned, plus this
+// agent's observations since), their observations are queued (at most
+// QueueSize, oldest dropped first), and the store warns once, then at most
+// once a minute; a chunk that missed its deadline while Redis answers
+// PING is "slow" (Health.SlowWrites), one whose PING fails too is
+// "unreachable" (Health.Unreachable). The next Updates replay the queue,
+// at a bounded rate (ReplayPerUpdate), each service's queued observations
+// in order before its new one.
 type Redis struct {
 	opts    RedisOptions
 	client  redis.UniversalClient // created at the first Update
@@ -125,7 +133,7 @@ type Redis struct {
 	forceReset map[string]bool
 	thresholds map[string]string // bucket thresholds by bounds
 	down       bool
-	warnedAt   time.Time
+	warnedAt   [4]time.Time // by failure kind
 	droppedAt  time.Time
 
 	queueLen    atomic.Int64
@@ -278,6 +286,10 @@ func (r *Redis) clientLocked() redis.UniversalClient {
 	return r.client
 }
 
+// maxReplayPerCall bounds the queued observations of one service sent in
+// one script call (the call's cost grows with them).
+const maxReplayPerCall = 256
+
 // outcome is what became of one service's batch.
 type outcome struct {
 	state *stats.State // merged state (nil when err != nil)
@@ -285,28 +297,72 @@ type outcome struct {
 	err   error        // not written: Redis unreachable, slow or failing
 }
 
+// batch is one service's script call: some of its queued observations,
+// oldest first, then (observed) this Update's observation.
+type batch struct {
+	service string
+	params  stats.Params
+	entries []pending
+	// queued lists the queue indexes of the entries that come from the
+	// replay queue (the first len(queued) entries).
+	queued []int
+	// observed is true when the service is observed by this Update (its
+	// warning is then the Entry's, else it is logged here).
+	observed bool
+	cmd      *redis.Cmd
+	out      *outcome // nil: not attempted
+}
+
+// failure kinds of a chunk.
+const (
+	failNone        = iota
+	failSlow        // missed its deadline while Redis answers PING
+	failUnreachable // Redis does not answer PING either
+	failOther       // an error reply, a broken connection, the gather's own deadline
+)
+
+// chunkFailure is the first chunk of an Update that could not be written.
+type chunkFailure struct {
+	kind     int
+	services int // in the chunk
+	err      error
+}
+
 // Update implements Store.
+//
+// The services are written in chunks of at most ChunkSize script calls,
+// one pipeline and one deadline (Timeout) per chunk, so that no number of
+// services makes a round trip miss its deadline. A chunk that fails stops
+// the Update: its services and those of the chunks after it emit the
+// agent's local state and their observations are queued. What a chunk
+// wrote before failing (every reply read) counts as written.
+//
+// Queued observations ride in their service's script call, before its
+// new observation: at most ReplayPerUpdate of them per Update (raised to
+// twice the number of services with queued observations, and at most
+// maxReplayPerCall per service). A service whose queue is not emptied by
+// this Update keeps its new observation queued behind the older ones: the
+// script skips an observation whose sequence number is not above the last
+// one it applied for the agent, so a newer one must never go first.
 func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([]Entry, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seq++
 	seq := r.seq
 	t := now.UnixNano()
-	queued := len(r.queue)
-	all := make([]pending, 0, queued+len(obs))
-	all = append(all, r.queue...)
-	for i := range obs {
-		o := &obs[i]
-		all = append(all, pending{service: o.Service, params: o.Params, seq: seq, t: t, ok: o.OK, latency: o.Latency})
-	}
-	outs, firstErr := r.syncLocked(ctx, all, obs)
 
+	batches := r.planLocked(obs, seq, t)
+	fail, replayed := r.writeLocked(ctx, batches)
+
+	byService := make(map[string]*batch, len(batches))
+	for _, b := range batches {
+		byService[b.service] = b
+	}
 	res := make([]Entry, len(obs))
 	for i := range obs {
 		o := &obs[i]
-		out := outs[o.Service]
-		if out != nil && out.err == nil {
-			res[i] = Entry{State: out.state, Warning: out.warn}
+		if b := byService[o.Service]; b != nil && b.observed && b.out != nil && b.out.err == nil {
+			res[i] = Entry{State: b.out.state, Warning: b.out.warn}
 			continue
 		}
 		// Degraded: the agent's own view (last merged state + own probes).
@@ -325,42 +381,279 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 		res[i] = Entry{State: st}
 	}
 
-	// Keep what was not written, in order.
-	var replayed int64
-	q := r.queue[:0]
-	for i, e := range all {
-		if out := outs[e.service]; out != nil && out.err == nil {
-			if i < queued {
-				replayed++
+	// Keep what was not written, in order: the queue, then this Update's
+	// observations that were not written (held back or failed).
+	written := make([]bool, len(r.queue))
+	for _, b := range batches {
+		if b.out != nil && b.out.err == nil {
+			for _, qi := range b.queued {
+				written[qi] = true
 			}
+		}
+	}
+	q := r.queue[:0]
+	for i, e := range r.queue {
+		if !written[i] {
+			q = append(q, e)
+		}
+	}
+	for i := range obs {
+		o := &obs[i]
+		b := byService[o.Service]
+		if b != nil && b.observed && b.out != nil && b.out.err == nil {
 			continue
 		}
-		q = append(q, e)
+		q = append(q, pending{service: o.Service, params: o.Params, seq: seq, t: t, ok: o.OK, latency: o.Latency})
 	}
 	r.queue = q
 	r.replayed.Add(replayed)
 	r.trimQueueLocked()
-	r.report(firstErr, replayed)
+	r.report(fail, replayed)
 	return res, nil
 }
 
-// report logs an outage (once, then at most once a minute) and the end of
-// one.
-func (r *Redis) report(err error, replayed int64) {
-	now := r.now()
-	if err != nil {
-		r.errs.Add(1)
-		if !r.down || now.Sub(r.warnedAt) >= time.Minute {
-			r.opts.Log.Warnf("Redis state store %s unreachable or failing (%v): emitting this agent's local state; %d observations queued for replay (at most %d)",
-				strings.Join(r.opts.Client.Addrs, ","), err, len(r.queue), r.opts.QueueSize)
-			r.warnedAt = now
+// planLocked builds this Update's script calls: first the services with
+// queued observations (oldest first), then the other observed services,
+// in order.
+func (r *Redis) planLocked(obs []Observation, seq, t int64) (batches []*batch) {
+	obsAt := make(map[string]int, len(obs))
+	for i := range obs {
+		obsAt[obs[i].Service] = i
+	}
+	groups := make(map[string][]int)
+	var order []string
+	for i := range r.queue {
+		name := r.queue[i].service
+		if _, ok := groups[name]; !ok {
+			order = append(order, name)
 		}
+		groups[name] = append(groups[name], i)
+	}
+	share := maxReplayPerCall
+	if len(order) > 0 {
+		share = min(max(r.opts.ReplayPerUpdate/len(order), 2), maxReplayPerCall)
+	}
+	planned := make(map[string]bool, len(order))
+	newEntry := func(o *Observation) pending {
+		return pending{service: o.Service, params: o.Params, seq: seq, t: t, ok: o.OK, latency: o.Latency}
+	}
+	for _, name := range order {
+		idx := groups[name]
+		k := min(len(idx), share)
+		b := &batch{service: name, queued: idx[:k], entries: make([]pending, 0, k+1)}
+		for _, qi := range idx[:k] {
+			b.entries = append(b.entries, r.queue[qi])
+		}
+		b.params = b.entries[len(b.entries)-1].params // the newest
+		if i, ok := obsAt[name]; ok {
+			planned[name] = true
+			b.params = obs[i].Params
+			if k == len(idx) {
+				b.observed = true
+				b.entries = append(b.entries, newEntry(&obs[i]))
+			}
+		}
+		batches = append(batches, b)
+	}
+	fresh := make(map[string]*batch)
+	for i := range obs {
+		o := &obs[i]
+		if b := fresh[o.Service]; b != nil { // observed twice: in order
+			b.entries = append(b.entries, newEntry(o))
+			b.params = o.Params
+			continue
+		}
+		if planned[o.Service] {
+			continue
+		}
+		b := &batch{service: o.Service, params: o.Params, observed: true, entries: []pending{newEntry(o)}}
+		fresh[o.Service] = b
+		batches = append(batches, b)
+	}
+	return batches
+}
+
+// writeLocked writes the batches in chunks, each with its own deadline,
+// and stops at the first chunk that fails. It returns that failure (nil
+// when every chunk was written) and the number of queued observations
+// written.
+func (r *Redis) writeLocked(ctx context.Context, batches []*batch) (*chunkFailure, int64) {
+	var replayed int64
+	var soft *chunkFailure // services that failed in a chunk that was written
+	client := r.clientLocked()
+	maxEntries := 8 * r.opts.ChunkSize
+	for start := 0; start < len(batches); {
+		end, n := start, 0
+		for end < len(batches) && end-start < r.opts.ChunkSize && (end == start || n+len(batches[end].entries) <= maxEntries) {
+			n += len(batches[end].entries)
+			end++
+		}
+		chunk := batches[start:end]
+		start = end
+		if err := ctx.Err(); err != nil {
+			return &chunkFailure{kind: failOther, services: len(chunk), err: err}, replayed
+		}
+		err := r.writeChunk(ctx, client, chunk)
+		var failed int
+		var firstErr error
+		for _, b := range chunk {
+			switch {
+			case b.out == nil:
+			case b.out.err == nil:
+				replayed += int64(len(b.queued))
+			default:
+				failed++
+				firstErr = cmp.Or(firstErr, b.out.err)
+			}
+		}
+		if err == nil && failed > 0 {
+			r.errs.Add(1)
+			if soft == nil {
+				soft = &chunkFailure{kind: failOther, services: failed, err: firstErr}
+			}
+		}
+		if err != nil {
+			r.errs.Add(1)
+			kind := r.classify(ctx, client, err)
+			if kind == failSlow {
+				r.slow.Add(1)
+			}
+			r.unreachable.Store(kind == failUnreachable)
+			return &chunkFailure{kind: kind, services: len(chunk), err: err}, replayed
+		}
+		r.unreachable.Store(false)
+	}
+	return soft, replayed
+}
+
+// writeChunk runs one chunk's script calls in one pipeline under its own
+// deadline. A service whose reply was read is written, whatever happened
+// to the replies after it. It returns the error of the round trip (nil
+// when every service got a reply; a script error on one service's keys is
+// that service's outcome, not the chunk's).
+func (r *Redis) writeChunk(ctx context.Context, client redis.UniversalClient, chunk []*batch) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+	defer cancel()
+	todo := chunk
+	var chunkErr error
+	for attempt := 0; len(todo) > 0 && attempt < 2; attempt++ {
+		pipe := client.Pipeline()
+		for _, b := range todo {
+			b.cmd = redisScript.EvalSha(ctx, pipe, r.keys(b.service), r.args(b)...)
+		}
+		_, execErr := pipe.Exec(ctx)
+		var noscript []*batch
+		for _, b := range todo {
+			v, err := b.cmd.Result()
+			switch {
+			case v != nil:
+				// A whole reply was read (go-redis sets the round trip's
+				// error on every command once a later reply fails): the
+				// script ran, the service is written.
+				b.out = r.decodeOutcome(b, v)
+			case err == nil:
+				err = execErr
+				if err == nil {
+					err = errors.New("no reply from Redis")
+				}
+				b.out = &outcome{err: err}
+				chunkErr = cmp.Or(chunkErr, err)
+			case redis.HasErrorPrefix(err, "NOSCRIPT"):
+				noscript = append(noscript, b)
+			case isScriptError(err):
+				// A runtime error of the script on this service's keys:
+				// discard them at the next write.
+				r.forceReset[b.service] = true
+				r.opts.Log.Warnf("Redis state store: the script failed on service %q (keys %s): %v; its keys will be rewritten", b.service, r.keys(b.service)[0], err)
+				b.out = &outcome{err: err}
+			default:
+				b.out = &outcome{err: err}
+				chunkErr = cmp.Or(chunkErr, err)
+			}
+		}
+		todo = noscript
+		if len(todo) > 0 {
+			if err := redisScript.Load(ctx, client).Err(); err != nil {
+				for _, b := range todo {
+					b.out = &outcome{err: err}
+				}
+				return cmp.Or(chunkErr, err)
+			}
+		}
+	}
+	for _, b := range todo { // still NOSCRIPT after loading
+		err := errors.New("script not loaded (NOSCRIPT)")
+		b.out = &outcome{err: err}
+		chunkErr = cmp.Or(chunkErr, err)
+	}
+	return chunkErr
+}
+
+// classify tells why a chunk failed. A chunk that missed its deadline
+// while Redis answers PING (within the timeout) is slow; one whose PING
+// fails too is unreachable. The gather's own deadline and error replies
+// are neither.
+func (r *Redis) classify(ctx context.Context, client redis.UniversalClient, err error) int {
+	if ctx.Err() != nil {
+		return failOther // the Update's own budget is spent: no time to PING
+	}
+	var re redis.Error
+	if errors.As(err, &re) && !errors.Is(err, context.DeadlineExceeded) {
+		return failOther // Redis answered (OOM, READONLY, LOADING, ...)
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return failUnreachable // no connection at all: a PING would not get one either
+	}
+	pctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+	defer cancel()
+	if client.Ping(pctx).Err() != nil {
+		return failUnreachable
+	}
+	if isTimeout(err) {
+		return failSlow
+	}
+	return failOther
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// report logs a failed chunk, one warning per kind (slow, unreachable,
+// failing) at first, then at most once a minute per kind, and the end of
+// an outage.
+func (r *Redis) report(f *chunkFailure, replayed int64) {
+	now := r.now()
+	addrs := redact.Text(strings.Join(r.opts.Client.Addrs, ","))
+	if f != nil {
 		r.down = true
+		if last := r.warnedAt[f.kind]; !last.IsZero() && now.Sub(last) < time.Minute {
+			return
+		}
+		r.warnedAt[f.kind] = now
+		errText := redact.Text(f.err.Error())
+		switch f.kind {
+		case failSlow:
+			r.opts.Log.Warnf("Redis state store %s slow: chunk of %d services missed its %s deadline while Redis answers PING; those services and the ones after them emit this agent's local state; %d observations queued for replay (at most %d)",
+				addrs, f.services, r.opts.Timeout, len(r.queue), r.opts.QueueSize)
+		case failUnreachable:
+			r.opts.Log.Warnf("Redis state store %s unreachable (%s): emitting this agent's local state; %d observations queued for replay (at most %d)",
+				addrs, errText, len(r.queue), r.opts.QueueSize)
+		default:
+			r.opts.Log.Warnf("Redis state store %s failing (%s): %d services not written; emitting this agent's local state for them; %d observations queued for replay (at most %d)",
+				addrs, errText, f.services, len(r.queue), r.opts.QueueSize)
+		}
 		return
 	}
 	if r.down {
 		r.down = false
-		r.opts.Log.Infof("Redis state store %s reachable again: %d queued observations replayed", strings.Join(r.opts.Client.Addrs, ","), replayed)
+		r.opts.Log.Infof("Redis state store %s reachable again: %d queued observations replayed, %d still queued (replayed at most %d per update)",
+			addrs, replayed, len(r.queue), r.opts.ReplayPerUpdate)
 	}
 }
 
@@ -375,111 +668,6 @@ func (r *Redis) trimQueueLocked() {
 		}
 	}
 	r.queueLen.Store(int64(len(r.queue)))
-}
-
-// batch is one service's script call.
-type batch struct {
-	service string
-	params  stats.Params
-	entries []pending
-	// observed is true when the service is observed by this Update (its
-	// warning is then the Result's, else it is logged here).
-	observed bool
-	cmd      *redis.Cmd
-}
-
-// syncLocked writes the entries (grouped by service, in order) in one
-// pipeline bounded by the timeout. obs gives the current Params of the
-// services observed now.
-func (r *Redis) syncLocked(ctx context.Context, entries []pending, obs []Observation) (map[string]*outcome, error) {
-	outs := make(map[string]*outcome)
-	if len(entries) == 0 {
-		return outs, nil
-	}
-	byName := make(map[string]*batch)
-	var batches []*batch
-	for _, e := range entries {
-		b := byName[e.service]
-		if b == nil {
-			b = &batch{service: e.service, params: e.params}
-			byName[e.service] = b
-			batches = append(batches, b)
-		}
-		b.params = e.params // the newest
-		b.entries = append(b.entries, e)
-	}
-	for i := range obs {
-		if b := byName[obs[i].Service]; b != nil {
-			b.params = obs[i].Params
-			b.observed = true
-		}
-	}
-
-	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
-	defer cancel()
-	client := r.clientLocked()
-	todo := batches
-	var firstErr error
-	for attempt := 0; len(todo) > 0 && attempt < 2; attempt++ {
-		pipe := client.Pipeline()
-		for _, b := range todo {
-			b.cmd = redisScript.EvalSha(ctx, pipe, r.keys(b.service), r.args(b)...)
-		}
-		_, execErr := pipe.Exec(ctx)
-		var noscript []*batch
-		for _, b := range todo {
-			v, err := b.cmd.Result()
-			if err == nil && v == nil { // never sent
-				err = execErr
-				if err == nil {
-					err = errors.New("no reply from Redis")
-				}
-			}
-			switch {
-			case err == nil:
-				out := r.decodeOutcome(b, v)
-				outs[b.service] = out
-				if out.err != nil && firstErr == nil {
-					firstErr = out.err
-				}
-			case redis.HasErrorPrefix(err, "NOSCRIPT"):
-				noscript = append(noscript, b)
-			default:
-				if isScriptError(err) {
-					// A runtime error of the script on this service's
-					// keys: discard them at the next write.
-					r.forceReset[b.service] = true
-					r.opts.Log.Warnf("Redis state store: the script failed on service %q (keys %s): %v; its keys will be rewritten", b.service, r.keys(b.service)[0], err)
-				}
-				outs[b.service] = &outcome{err: err}
-				if firstErr == nil {
-					firstErr = err
-				}
-			}
-		}
-		todo = noscript
-		if len(todo) > 0 {
-			if err := redisScript.Load(ctx, client).Err(); err != nil {
-				for _, b := range todo {
-					outs[b.service] = &outcome{err: err}
-				}
-				if firstErr == nil {
-					firstErr = err
-				}
-				break
-			}
-		}
-	}
-	for _, b := range todo { // still NOSCRIPT after loading
-		if outs[b.service] == nil {
-			err := errors.New("script not loaded (NOSCRIPT)")
-			outs[b.service] = &outcome{err: err}
-			if firstErr == nil {
-				firstErr = err
-			}
-		}
-	}
-	return outs, firstErr
 }
 
 // isScriptError tells a runtime error of the Lua script from the server
@@ -724,8 +912,8 @@ func (r *Redis) Retain(keep func(string) bool) {
 	r.queueLen.Store(int64(len(q)))
 }
 
-// Close implements Store: it tries once (within the timeout) to replay
-// what is queued, then closes the client.
+// Close implements Store: it tries once (within the timeout, chunk by
+// chunk) to replay what is queued, then closes the client.
 func (r *Redis) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -737,19 +925,33 @@ func (r *Redis) Close() error {
 		return nil
 	}
 	if len(r.queue) > 0 {
-		outs, err := r.syncLocked(context.Background(), r.queue, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+		batches := r.planLocked(nil, 0, 0)
+		fail, replayed := r.writeLocked(ctx, batches)
+		cancel()
+		written := make([]bool, len(r.queue))
+		for _, b := range batches {
+			if b.out != nil && b.out.err == nil {
+				for _, qi := range b.queued {
+					written[qi] = true
+				}
+			}
+		}
 		q := r.queue[:0]
-		for _, e := range r.queue {
-			if out := outs[e.service]; out == nil || out.err != nil {
+		for i, e := range r.queue {
+			if !written[i] {
 				q = append(q, e)
 			}
 		}
-		r.replayed.Add(int64(len(r.queue) - len(q)))
 		r.queue = q
+		r.replayed.Add(replayed)
 		r.queueLen.Store(int64(len(q)))
-		if err != nil {
-			r.errs.Add(1)
-			r.opts.Log.Warnf("Redis state store: closing with %d observations that could not be written (%v); they are lost", len(q), err)
+		if len(q) > 0 {
+			why := "no time left"
+			if fail != nil {
+				why = redact.Text(fail.err.Error())
+			}
+			r.opts.Log.Warnf("Redis state store: closing with %d observations that could not be written (%s); they are lost", len(q), why)
 		}
 	}
 	return r.client.Close()

@@ -197,10 +197,7 @@ func TestRedisRetriedWriteCountsOnce(t *testing.T) {
 	entries := []pending{{service: "api", params: testParams, seq: 7, t: now.UnixNano(), ok: true, latency: 0.01}}
 	o := obs1("api", true, 0.01)
 	for range 3 {
-		r.mu.Lock()
-		outs, err := r.syncLocked(context.Background(), entries, o)
-		r.mu.Unlock()
-		require.NoError(t, err)
+		outs := r.writeEntries(context.Background(), entries, o)
 		require.NoError(t, outs["api"].err)
 		require.Equal(t, int64(1), outs["api"].state.Count, "applied once")
 		require.Equal(t, int64(1), outs["api"].state.Probes)
@@ -208,17 +205,13 @@ func TestRedisRetriedWriteCountsOnce(t *testing.T) {
 	// a newer seq of the same agent is applied; an older one is not
 	entries[0].seq = 8
 	entries = append(entries, pending{service: "api", params: testParams, seq: 5, t: now.UnixNano(), ok: true, latency: 0.02})
-	r.mu.Lock()
-	outs, err := r.syncLocked(context.Background(), entries, o)
-	r.mu.Unlock()
-	require.NoError(t, err)
+	outs := r.writeEntries(context.Background(), entries, o)
+	require.NoError(t, outs["api"].err)
 	require.Equal(t, int64(2), outs["api"].state.Count)
 	// another agent's seq 7 is its own
 	other, _ := newRedis(t, srv, withAgent("agent-2"))
-	other.mu.Lock()
-	outs, err = other.syncLocked(context.Background(), entries[:1], o)
-	other.mu.Unlock()
-	require.NoError(t, err)
+	outs = other.writeEntries(context.Background(), entries[:1], o)
+	require.NoError(t, outs["api"].err)
 	require.Equal(t, int64(3), outs["api"].state.Count)
 	// the idempotence record
 	rec, err := srv.Client().HGet(context.Background(), r.keys("api")[3], "agent-1").Result()
@@ -485,7 +478,7 @@ func TestRedisHistogramBoundsChangeRebuildsFromTheSketch(t *testing.T) {
 	require.NoError(t, res[0].State.Validate(p2))
 }
 
-func TestRedisOneScriptPerServiceInOnePipeline(t *testing.T) {
+func TestRedisOneScriptPerServiceInChunks(t *testing.T) {
 	srv := redistest.Start(t)
 	r, _ := newRedis(t, srv)
 	var pipelines, cmds atomic.Int64
@@ -507,9 +500,10 @@ func TestRedisOneScriptPerServiceInOnePipeline(t *testing.T) {
 			require.Equal(t, int64(g+1), res[i].State.Count)
 		}
 	}
+	// two chunks of DefaultRedisChunkSize per Update; the first chunk of
 	// the first Update also loads the script (NOSCRIPT, SCRIPT LOAD, again)
-	require.Equal(t, int64(3+1), pipelines.Load())
-	require.Equal(t, int64(3*n+n), cmds.Load())
+	require.Equal(t, int64(3*2+1), pipelines.Load())
+	require.Equal(t, int64(3*n+DefaultRedisChunkSize), cmds.Load())
 }
 
 type countHook struct{ pipelines, cmds *atomic.Int64 }
