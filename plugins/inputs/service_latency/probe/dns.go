@@ -34,6 +34,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 )
 
 // resolvConf is read when a dns URL names no server (a var for tests).
@@ -64,14 +66,14 @@ type dnsProber struct {
 
 func newDNS(u *url.URL, timeout time.Duration) (*dnsProber, error) {
 	if u.User != nil {
-		return nil, fmt.Errorf("url: dns URLs take no user info, got %q", Redact(u.String()))
+		return nil, keyerr.Errorf("url", "dns URLs take no user info, got %q", redactURL(u.String()))
 	}
 	p := &dnsProber{timeout: timeout}
 
 	q := u.Query()
 	for k := range q {
 		if k != "type" && k != "transport" {
-			return nil, fmt.Errorf("url: unknown query parameter %q (want type, transport)", k)
+			return nil, keyerr.Errorf("url", "unknown query parameter %q (want type, transport)", k)
 		}
 	}
 	qt := strings.ToUpper(q.Get("type"))
@@ -80,44 +82,41 @@ func newDNS(u *url.URL, timeout time.Duration) (*dnsProber, error) {
 	}
 	var ok bool
 	if p.qtype, ok = dnsTypes[qt]; !ok {
-		return nil, fmt.Errorf("url: unsupported query type %q (want %s)", q.Get("type"), strings.Join(dnsTypeNames(), ", "))
+		return nil, keyerr.Errorf("url", "unsupported query type %q (want %s)", q.Get("type"), strings.Join(dnsTypeNames(), ", "))
 	}
 	switch strings.ToLower(q.Get("transport")) {
 	case "", "udp":
 	case "tcp":
 		p.tcp = true
 	default:
-		return nil, fmt.Errorf("url: unsupported transport %q (want udp, tcp)", q.Get("transport"))
+		return nil, keyerr.Errorf("url", "unsupported transport %q (want udp, tcp)", q.Get("transport"))
 	}
 
 	name := strings.TrimPrefix(u.Path, "/")
 	if name == "" {
-		return nil, fmt.Errorf("url: missing the name to query in %q (want dns://[server[:port]]/name?type=A)", u.String())
+		return nil, keyerr.Errorf("url", "missing the name to query in %q (want dns://[server[:port]]/name?type=A)", redactURL(u.String()))
 	}
 	if p.qtype == dns.TypePTR && net.ParseIP(name) != nil {
 		name, _ = dns.ReverseAddr(name)
 	}
 	if _, ok := dns.IsDomainName(name); !ok || strings.Contains(name, "/") {
-		return nil, fmt.Errorf("url: invalid domain name %q", name)
+		return nil, keyerr.Errorf("url", "invalid domain name %q", name)
 	}
 	p.name = dns.Fqdn(name)
 
 	if u.Host == "" {
 		cfg, err := dns.ClientConfigFromFile(resolvConf)
 		if err != nil {
-			return nil, fmt.Errorf("url: no server given and %w", err)
+			return nil, keyerr.Errorf("url", "no server given and %w", err)
 		}
 		if len(cfg.Servers) == 0 {
-			return nil, fmt.Errorf("url: no server given and none in %s", resolvConf)
+			return nil, keyerr.Errorf("url", "no server given and none in %s", resolvConf)
 		}
 		p.server = net.JoinHostPort(cfg.Servers[0], cfg.Port)
 	} else {
-		host, port, err := hostPort(u, false)
+		host, port, err := hostPort(u, "53")
 		if err != nil {
 			return nil, err
-		}
-		if port == "" {
-			port = "53"
 		}
 		p.server = net.JoinHostPort(host, port)
 	}

@@ -1,24 +1,37 @@
 package probe
 
 import (
+	"errors"
 	"net/url"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/influxdata/telegraf/config"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 )
 
-// keyErrorRE is the shape of New's errors: the toml key at fault first.
-var keyErrorRE = regexp.MustCompile(`^[a-z_]+: `)
+// knownKeys are the keys New's errors may name: every option's, and the
+// service's url and timeout.
+func knownKeys() map[string]bool {
+	keys := map[string]bool{"url": true, "timeout": true}
+	for _, f := range optionFields {
+		for _, k := range f.keys {
+			keys[k] = true
+		}
+	}
+	return keys
+}
 
 // FuzzProbeNew feeds arbitrary targets and options to New, the URL/target
 // parser behind every [[inputs.service_latency.service]]. It must never
-// panic nor touch the network; an error starts with the toml key at fault
-// and, like Redact, never shows the URL's password; a prober's Kind matches
-// the scheme. Seeds: testdata/fuzz/FuzzProbeNew.
+// panic nor touch the network; an error is a *keyerr.Error naming a toml
+// key (its text starts with it) and, like redactURL, never shows the URL's
+// password; a prober's Kind matches the scheme. Seeds:
+// testdata/fuzz/FuzzProbeNew.
 func FuzzProbeNew(f *testing.F) {
+	known := knownKeys()
 	f.Add("http://user:pw@127.0.0.1:8080/health?x=1", "GET", "X-Probe", "1", "200,3xx", "^ok", "", "", false)
 	f.Fuzz(func(t *testing.T, rawURL, method, header, value, expected, regex, send, proxyURL string, tls bool) {
 		o := Options{
@@ -49,14 +62,14 @@ func FuzzProbeNew(f *testing.F) {
 		if u, err := url.Parse(rawURL); err == nil && u.User != nil {
 			password, _ = u.User.Password()
 		}
-		redacted := Redact(rawURL)
+		redacted := redactURL(rawURL)
 		if password != "" {
 			if u, err := url.Parse(redacted); err == nil {
 				if _, has := u.User.Password(); has {
-					t.Fatalf("Redact(%q) = %q keeps a password", rawURL, redacted)
+					t.Fatalf("redactURL(%q) = %q keeps a password", rawURL, redacted)
 				}
 			} else if strings.Contains(redacted, ":"+password+"@") {
-				t.Fatalf("Redact(%q) = %q shows the password", rawURL, redacted)
+				t.Fatalf("redactURL(%q) = %q shows the password", rawURL, redacted)
 			}
 		}
 		// leaks: s shows the password as userinfo, or shows a distinctive
@@ -76,8 +89,12 @@ func FuzzProbeNew(f *testing.F) {
 		p, err := New(rawURL, time.Second, o)
 		if err != nil {
 			msg := err.Error()
-			if !keyErrorRE.MatchString(msg) {
-				t.Fatalf("error does not start with a toml key: %q", msg)
+			var ke *keyerr.Error
+			if !errors.As(err, &ke) {
+				t.Fatalf("error is not a *keyerr.Error: %q", msg)
+			}
+			if key := keyerr.Key(err); !known[key] || !strings.HasPrefix(msg, key+": ") {
+				t.Fatalf("error names key %q, not a known toml key at its start: %q", key, msg)
 			}
 			if leaks(msg) {
 				t.Fatalf("error shows the URL's password: %q", msg)

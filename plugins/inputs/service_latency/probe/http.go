@@ -52,6 +52,8 @@ import (
 	"time"
 
 	"github.com/influxdata/telegraf/config"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 )
 
 const (
@@ -65,6 +67,9 @@ const (
 )
 
 var errTooManyRedirects = fmt.Errorf("stopped after %d redirects", MaxRedirects)
+
+// defaultPort is the port of an http or https URL without one.
+var defaultPort = map[string]string{"http": "80", "https": "443"}
 
 type authKind uint8
 
@@ -102,10 +107,10 @@ func newHTTP(u *url.URL, timeout time.Duration, o *Options) (*httpProber, error)
 // buildHTTP is newHTTP; without fastOK the prober always uses the Transport
 // (for tests that compare both paths).
 func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*httpProber, error) {
-	if _, _, err := hostPort(u, false); err != nil {
+	host, port, err := hostPort(u, defaultPort[u.Scheme])
+	if err != nil {
 		return nil, err
 	}
-	var err error
 	p := &httpProber{timeout: timeout, body: o.Body}
 
 	method := o.Method
@@ -113,7 +118,7 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 		method = http.MethodGet
 	}
 	if !isToken(method) {
-		return nil, fmt.Errorf("method: invalid method %q", method)
+		return nil, keyerr.Errorf("method", "invalid method %q", method)
 	}
 
 	header := make(http.Header, len(o.Headers)+2)
@@ -121,10 +126,10 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 	reqHost := ""
 	for k, v := range o.Headers {
 		if !isToken(k) {
-			return nil, fmt.Errorf("headers: invalid header name %q", k)
+			return nil, keyerr.Errorf("headers", "invalid header name %q", k)
 		}
 		if strings.ContainsAny(v, "\r\n\x00") {
-			return nil, fmt.Errorf("headers: invalid value for header %q", k)
+			return nil, keyerr.Errorf("headers", "invalid value for header %q", k)
 		}
 		if strings.EqualFold(k, "Host") {
 			reqHost = v
@@ -141,12 +146,12 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 	}
 	if o.BodyRegex != "" {
 		if p.re, err = regexp.Compile(o.BodyRegex); err != nil {
-			return nil, fmt.Errorf("body_regex: %w", err)
+			return nil, keyerr.New("body_regex", err)
 		}
 	}
 	switch {
 	case o.MaxBodySize < 0:
-		return nil, fmt.Errorf("max_body_size: must be >= 0, got %d", o.MaxBodySize)
+		return nil, keyerr.Errorf("max_body_size", "must be >= 0, got %d", o.MaxBodySize)
 	case o.MaxBodySize == 0:
 		p.maxBody = DefaultMaxBodySize
 	default:
@@ -157,14 +162,14 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 	basic := !o.Username.Empty() || !o.Password.Empty()
 	switch {
 	case !o.BearerToken.Empty() && (basic || u.User != nil):
-		return nil, errors.New("bearer_token: cannot be combined with username/password or URL credentials")
+		return nil, keyerr.Errorf("bearer_token", "cannot be combined with username/password or URL credentials")
 	case !o.BearerToken.Empty():
 		p.auth, p.bearer = authBearer, o.BearerToken
 	case basic:
 		p.auth, p.username, p.password = authBasic, o.Username, o.Password
 	case u.User != nil:
 		pw, _ := u.User.Password()
-		header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pw)))
+		header.Set("Authorization", string(appendBasic(nil, []byte(u.User.Username()), []byte(pw))))
 	}
 
 	tlsCfg, err := buildTLS(&o.ClientConfig)
@@ -175,20 +180,20 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 	if o.HTTPProxyURL != "" {
 		pu, err := url.Parse(o.HTTPProxyURL)
 		if err != nil {
-			return nil, fmt.Errorf("http_proxy_url: cannot parse %q", Redact(o.HTTPProxyURL))
+			return nil, keyerr.Errorf("http_proxy_url", "cannot parse %q", redactURL(o.HTTPProxyURL))
 		}
 		switch pu.Scheme {
 		case "http", "https", "socks5", "socks5h":
 		default:
-			return nil, fmt.Errorf("http_proxy_url: unsupported scheme %q (want http, https, socks5)", pu.Scheme)
+			return nil, keyerr.Errorf("http_proxy_url", "unsupported scheme %q (want http, https, socks5)", pu.Scheme)
 		}
 		if pu.Host == "" {
-			return nil, fmt.Errorf("http_proxy_url: missing host in %q", Redact(o.HTTPProxyURL))
+			return nil, keyerr.Errorf("http_proxy_url", "missing host in %q", redactURL(o.HTTPProxyURL))
 		}
 	}
 	proxyFunc, err := o.HTTPProxy.Proxy()
 	if err != nil {
-		return nil, errors.New("http_proxy_url: cannot parse")
+		return nil, keyerr.Errorf("http_proxy_url", "cannot parse")
 	}
 
 	keepAlive := o.KeepAlive != nil && *o.KeepAlive
@@ -206,7 +211,7 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 		Host:       reqHost,
 	}
 	if fastOK && !keepAlive && !follow && proxyFunc == nil {
-		if p.fast = newFastHTTP(u, p.base, p.body, p.auth, tlsCfg, timeout); p.fast != nil {
+		if p.fast = newFastHTTP(u, host, port, p.base, p.body, p.auth, tlsCfg, timeout); p.fast != nil {
 			return p, nil
 		}
 	}
@@ -270,6 +275,9 @@ func (p *httpProber) Probe(parent context.Context) Result {
 		req.ContentLength = int64(len(p.body))
 	}
 	if err := p.authorize(req); err != nil {
+		if errors.Is(err, errInvalidAuth) { // as the Transport would refuse it
+			return Result{Outcome: ConnectionFailed, Err: &url.Error{Op: urlErrorOp(req.Method), URL: req.URL.String(), Err: err}, Fields: make([]Field, 0, 8)}
+		}
 		return Result{Outcome: ConnectionFailed, Err: err}
 	}
 
@@ -390,43 +398,77 @@ func (p *httpProber) readBody(body io.Reader, declared int64) (Outcome, error) {
 	return Success, nil
 }
 
-// authorize adds the credentials that live in secrets. The plain text is
-// held only for the duration of the call; the buffers are wiped.
+// authorize adds the credentials that live in secrets (Transport path).
 func (p *httpProber) authorize(req *http.Request) error {
+	if p.auth == authNone {
+		return nil
+	}
+	v, err := p.appendAuthorization(make([]byte, 0, 64))
+	defer clear(v)
+	if err != nil {
+		return err
+	}
+	req.Header = req.Header.Clone()
+	req.Header.Set("Authorization", string(v))
+	return nil
+}
+
+// appendAuthorization appends to b the value of the Authorization header
+// that lives in secrets ("Basic ...", "Bearer ..."; nothing for authNone:
+// URL userinfo is baked into the request's headers by New). Both paths
+// take their credentials from here, under one rule: the value must be a
+// valid header field value (net/http's rule: no control character but
+// tab), else errInvalidAuth (net/http's error, without the value); white
+// space at its end is dropped, as net/http trims it. The plain text is
+// held only for the duration of the call and in b, which the caller
+// wipes.
+func (p *httpProber) appendAuthorization(b []byte) ([]byte, error) {
+	start := len(b)
 	switch p.auth {
+	case authNone:
+		return b, nil
 	case authBasic:
 		user, err := p.username.Get()
 		if err != nil {
-			return fmt.Errorf("username: %w: %w", errSecretProtection, err)
+			return b, keyerr.Errorf("username", "%w: %w", errSecretProtection, err)
 		}
 		defer user.Destroy()
 		pass, err := p.password.Get()
 		if err != nil {
-			return fmt.Errorf("password: %w: %w", errSecretProtection, err)
+			return b, keyerr.Errorf("password", "%w: %w", errSecretProtection, err)
 		}
 		defer pass.Destroy()
-		u, pw := user.Bytes(), pass.Bytes()
-		plain := make([]byte, len(u)+1+len(pw))
-		copy(plain, u)
-		plain[len(u)] = ':'
-		copy(plain[len(u)+1:], pw)
-		enc := make([]byte, len("Basic ")+base64.StdEncoding.EncodedLen(len(plain)))
-		copy(enc, "Basic ")
-		base64.StdEncoding.Encode(enc[len("Basic "):], plain)
-		clear(plain)
-		req.Header = req.Header.Clone()
-		req.Header.Set("Authorization", string(enc))
-		clear(enc)
+		b = appendBasic(b, user.Bytes(), pass.Bytes())
 	case authBearer:
 		tok, err := p.bearer.Get()
 		if err != nil {
-			return fmt.Errorf("bearer_token: %w: %w", errSecretProtection, err)
+			return b, keyerr.Errorf("bearer_token", "%w: %w", errSecretProtection, err)
 		}
 		defer tok.Destroy()
-		req.Header = req.Header.Clone()
-		req.Header.Set("Authorization", "Bearer "+tok.TemporaryString())
+		b = append(b, "Bearer "...)
+		b = append(b, tok.Bytes()...)
 	}
-	return nil
+	if !validHeaderValue(b[start:]) {
+		clear(b[start:])
+		return b[:start], errInvalidAuth
+	}
+	for len(b) > start && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b, nil
+}
+
+// appendBasic appends the value of a Basic Authorization header for user
+// and pw to b; the plain "user:pw" it builds is wiped.
+func appendBasic(b, user, pw []byte) []byte {
+	plain := make([]byte, len(user)+1+len(pw))
+	copy(plain, user)
+	plain[len(user)] = ':'
+	copy(plain[len(user)+1:], pw)
+	b = append(b, "Basic "...)
+	b = base64.StdEncoding.AppendEncode(b, plain)
+	clear(plain)
+	return b
 }
 
 // httpFields builds the result fields; ph.mu must be held. resp is the
@@ -481,7 +523,7 @@ func (s *statusSet) parse(list StatusList) error {
 		}
 		n, err := strconv.Atoi(e)
 		if err != nil || n < 100 || n > 599 {
-			return fmt.Errorf("expected_status: invalid entry %q (want a code like 200 or a class like 2xx)", e)
+			return keyerr.Errorf("expected_status", "invalid entry %q (want a code like 200 or a class like 2xx)", e)
 		}
 		s.add(n, n)
 	}

@@ -42,7 +42,6 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -77,10 +76,10 @@ type fastHTTP struct {
 var fastExcluded = [...]string{"Connection", "Upgrade", "Transfer-Encoding", "Trailer", "Expect"}
 
 // newFastHTTP returns the fast path for base, or nil when base needs the
-// Transport (see the file comment). u is the probe's URL, tlsCfg the
-// prober's TLS configuration (nil: Go's defaults).
-func newFastHTTP(u *url.URL, base *http.Request, body string, auth authKind, tlsCfg *tls.Config, timeout time.Duration) *fastHTTP {
-	host := u.Hostname()
+// Transport (see the file comment). u is the probe's URL, host and port
+// its checked host and port (hostPort), tlsCfg the prober's TLS
+// configuration (nil: Go's defaults).
+func newFastHTTP(u *url.URL, host, port string, base *http.Request, body string, auth authKind, tlsCfg *tls.Config, timeout time.Duration) *fastHTTP {
 	if host == "" || !isPrintableASCII(host) {
 		return nil
 	}
@@ -100,17 +99,11 @@ func newFastHTTP(u *url.URL, base *http.Request, body string, auth authKind, tls
 	f := &fastHTTP{
 		https:   u.Scheme == "https",
 		host:    host,
-		port:    u.Port(),
+		port:    port,
 		errOp:   urlErrorOp(base.Method),
 		errURL:  base.URL.String(),
 		dialer:  net.Dialer{Timeout: timeout, KeepAlive: -1},
 		maxHead: maxResponseHeaderBytes,
-	}
-	if f.port == "" {
-		f.port = "80"
-		if f.https {
-			f.port = "443"
-		}
 	}
 	if _, err := netip.ParseAddr(host); err == nil {
 		f.addr = net.JoinHostPort(host, f.port)
@@ -236,12 +229,16 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	b := fastPool.Get().(*fastBuffers)
 	defer b.release()
 	b.wbuf = append(b.wbuf, f.head...)
-	var err error
-	if b.wbuf, err = p.appendAuth(b.wbuf); err != nil {
-		if errors.Is(err, errInvalidAuth) { // as the Transport refuses it
-			return Result{Outcome: ConnectionFailed, Err: f.urlError(err), Fields: make([]Field, 0, 8)}
+	if p.auth != authNone {
+		b.wbuf = append(b.wbuf, "Authorization: "...)
+		var err error
+		if b.wbuf, err = p.appendAuthorization(b.wbuf); err != nil {
+			if errors.Is(err, errInvalidAuth) { // as the Transport refuses it
+				return Result{Outcome: ConnectionFailed, Err: f.urlError(err), Fields: make([]Field, 0, 8)}
+			}
+			return Result{Outcome: ConnectionFailed, Err: err}
 		}
-		return Result{Outcome: ConnectionFailed, Err: err}
+		b.wbuf = append(b.wbuf, "\r\n"...)
 	}
 	b.wbuf = append(b.wbuf, "\r\n"...)
 	b.wbuf = append(b.wbuf, f.body...)
@@ -433,52 +430,6 @@ func (f *fastHTTP) dial(ctx context.Context, ph *phases, deadline time.Time) (ne
 // urlError wraps err as http.Client.Do does.
 func (f *fastHTTP) urlError(err error) error {
 	return &url.Error{Op: f.errOp, URL: f.errURL, Err: err}
-}
-
-// appendAuth appends the Authorization header that lives in secrets (none
-// for authNone: URL userinfo is in the rendered head). The plain text is
-// held only for the duration of the call and in b, which the caller wipes.
-func (p *httpProber) appendAuth(b []byte) ([]byte, error) {
-	switch p.auth {
-	case authBasic:
-		user, err := p.username.Get()
-		if err != nil {
-			return b, fmt.Errorf("username: %w: %w", errSecretProtection, err)
-		}
-		defer user.Destroy()
-		pass, err := p.password.Get()
-		if err != nil {
-			return b, fmt.Errorf("password: %w: %w", errSecretProtection, err)
-		}
-		defer pass.Destroy()
-		u, pw := user.Bytes(), pass.Bytes()
-		plain := make([]byte, len(u)+1+len(pw))
-		copy(plain, u)
-		plain[len(u)] = ':'
-		copy(plain[len(u)+1:], pw)
-		b = append(b, "Authorization: Basic "...)
-		b = base64.StdEncoding.AppendEncode(b, plain)
-		clear(plain)
-		b = append(b, "\r\n"...)
-	case authBearer:
-		tok, err := p.bearer.Get()
-		if err != nil {
-			return b, fmt.Errorf("bearer_token: %w: %w", errSecretProtection, err)
-		}
-		defer tok.Destroy()
-		t := tok.Bytes()
-		if !validHeaderValue(t) {
-			return b, errInvalidAuth
-		}
-		b = append(b, "Authorization: Bearer "...)
-		b = append(b, t...)
-		// net/http trims the value's surrounding white space.
-		for b[len(b)-1] == ' ' || b[len(b)-1] == '\t' {
-			b = b[:len(b)-1]
-		}
-		b = append(b, "\r\n"...)
-	}
-	return b, nil
 }
 
 // gzipBody decompresses a response body as the Transport's gzipReader

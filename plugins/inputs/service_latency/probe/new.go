@@ -5,18 +5,19 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"net"
 	"net/http/httptrace"
 	"net/url"
 	"os"
-	"reflect"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	telegraftls "github.com/influxdata/telegraf/plugins/common/tls"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
 )
 
 // UserAgent is the User-Agent header of HTTP probes, read when New builds a
@@ -27,14 +28,15 @@ var UserAgent = "service_latency"
 // New validates rawURL and o and returns the prober for the URL's scheme:
 // http and https → HTTP, tcp → TCP (tcp://host:port), dns → DNS
 // (dns://[server[:port]]/name?type=A&transport=udp). It does no network
-// I/O. Every error's text starts with the toml key at fault ("url: ...",
-// "body_regex: ...", "timeout: ..."), and never contains a password.
+// I/O. Every error is a *keyerr.Error whose Key is the toml key at fault
+// ("url", "body_regex", "timeout", "tls_ca", ...); no error contains a
+// password. On error the Prober is nil.
 //
 // timeout bounds every probe (together with the context given to Probe).
 // o should already carry the plugin-wide defaults (see Options.WithDefaults).
 func New(rawURL string, timeout time.Duration, o Options) (Prober, error) {
 	if timeout <= 0 {
-		return nil, fmt.Errorf("timeout: must be > 0, got %s", timeout)
+		return nil, keyerr.Errorf("timeout", "must be > 0, got %s", timeout)
 	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -42,34 +44,24 @@ func New(rawURL string, timeout time.Duration, o Options) (Prober, error) {
 		if errors.As(err, &uerr) {
 			err = uerr.Err
 		}
-		return nil, fmt.Errorf("url: cannot parse %q: %w", Redact(rawURL), err)
+		return nil, keyerr.Errorf("url", "cannot parse %q: %w", redactURL(rawURL), err)
+	}
+	if _, known := schemeGroups[u.Scheme]; !known {
+		if u.Scheme == "" {
+			return nil, keyerr.Errorf("url", "missing scheme in %q (want http, https, tcp, dns)", redactURL(rawURL))
+		}
+		return nil, keyerr.Errorf("url", "unsupported scheme %q (want http, https, tcp, dns)", u.Scheme)
+	}
+	if err := o.misplacedKey(u.Scheme); err != nil {
+		return nil, err
 	}
 	switch u.Scheme {
 	case "http", "https":
-		if k := o.tcpKeySet(); k != "" {
-			return nil, fmt.Errorf("%s: not supported for %s probes (tcp only)", k, u.Scheme)
-		}
 		return checked(newHTTP(u, timeout, &o))
 	case "tcp":
-		if k := o.httpKeySet(); k != "" {
-			return nil, fmt.Errorf("%s: not supported for tcp probes (http only)", k)
-		}
 		return checked(newTCP(u, timeout, &o))
-	case "dns":
-		if k := o.httpKeySet(); k != "" {
-			return nil, fmt.Errorf("%s: not supported for dns probes (http only)", k)
-		}
-		if k := o.tcpKeySet(); k != "" {
-			return nil, fmt.Errorf("%s: not supported for dns probes (tcp only)", k)
-		}
-		if k := tlsKeySet(&o.ClientConfig); k != "" {
-			return nil, fmt.Errorf("%s: not supported for dns probes", k)
-		}
+	default: // "dns"
 		return checked(newDNS(u, timeout))
-	case "":
-		return nil, fmt.Errorf("url: missing scheme in %q (want http, https, tcp, dns)", Redact(rawURL))
-	default:
-		return nil, fmt.Errorf("url: unsupported scheme %q (want http, https, tcp, dns)", u.Scheme)
 	}
 }
 
@@ -82,74 +74,35 @@ func checked[P Prober](p P, err error) (Prober, error) {
 	return p, nil
 }
 
-// Redact returns rawURL without the password of its userinfo
-// ("http://user:pw@host/" → "http://user@host/"), for tags and messages. A
-// URL that does not parse is redacted textually.
-func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err == nil {
-		if u.User == nil {
-			return rawURL
-		}
-		if _, has := u.User.Password(); !has {
-			return rawURL
-		}
-		u.User = url.User(u.User.Username())
-		return u.String()
+// redactURL is redact.URL, also for a scheme-relative URL
+// ("//user:pw@host/", which url.Parse reads with a password but
+// redact.URL, seeing no "://", leaves as it is).
+func redactURL(rawURL string) string {
+	if strings.HasPrefix(rawURL, "//") {
+		return strings.TrimPrefix(redact.URL("x:"+rawURL), "x:")
 	}
-	// Unparsable: drop everything between the first ':' of the userinfo and
-	// the last '@' of the authority.
-	i := strings.Index(rawURL, "://")
-	if i < 0 {
-		return rawURL
-	}
-	auth := rawURL[i+3:]
-	if j := strings.IndexAny(auth, "/?#"); j >= 0 {
-		auth = auth[:j]
-	}
-	at := strings.LastIndexByte(auth, '@')
-	if at < 0 {
-		return rawURL
-	}
-	c := strings.IndexByte(auth[:at], ':')
-	if c < 0 {
-		return rawURL
-	}
-	return rawURL[:i+3+c] + rawURL[i+3+at:]
+	return redact.URL(rawURL)
 }
 
-// hostPort validates the host (and optional port) of u. needPort makes a
-// missing port an error.
-func hostPort(u *url.URL, needPort bool) (host, port string, err error) {
+// hostPort returns the host and port of u, the one check of a URL's port:
+// it must be 1..65535. A URL without a port gets defaultPort; with
+// defaultPort "" the port is required.
+func hostPort(u *url.URL, defaultPort string) (host, port string, err error) {
 	host = u.Hostname()
 	if host == "" {
-		return "", "", fmt.Errorf("url: missing host in %q", Redact(u.String()))
+		return "", "", keyerr.Errorf("url", "missing host in %q", redactURL(u.String()))
 	}
 	port = u.Port()
 	if port == "" {
-		if needPort {
-			return "", "", fmt.Errorf("url: missing port in %q", Redact(u.String()))
+		if defaultPort == "" {
+			return "", "", keyerr.Errorf("url", "missing port in %q", redactURL(u.String()))
 		}
-		return host, "", nil
+		return host, defaultPort, nil
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return "", "", fmt.Errorf("url: invalid port %q", port)
+		return "", "", keyerr.Errorf("url", "invalid port %q", port)
 	}
 	return host, port, nil
-}
-
-// tlsKeySet returns the toml key of the first tls.ClientConfig field set in
-// c, or "".
-func tlsKeySet(c *telegraftls.ClientConfig) string {
-	v := reflect.ValueOf(c).Elem()
-	t := v.Type()
-	for i := 0; i < t.NumField(); i++ {
-		if !v.Field(i).IsZero() {
-			name, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ",")
-			return name
-		}
-	}
-	return ""
 }
 
 // buildTLS validates c key by key (so the error names the key) and returns
@@ -158,39 +111,40 @@ func buildTLS(c *telegraftls.ClientConfig) (*tls.Config, error) {
 	if c.TLSCA != "" {
 		part := telegraftls.ClientConfig{TLSCA: c.TLSCA}
 		if _, err := part.TLSConfig(); err != nil {
-			return nil, fmt.Errorf("tls_ca: %w", err)
+			return nil, keyerr.New("tls_ca", err)
 		}
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		if c.TLSCert != "" {
-			return nil, errors.New("tls_cert: requires tls_key")
+			return nil, keyerr.Errorf("tls_cert", "requires tls_key")
 		}
-		return nil, errors.New("tls_key: requires tls_cert")
+		return nil, keyerr.Errorf("tls_key", "requires tls_cert")
 	}
 	if c.TLSCert != "" {
 		part := telegraftls.ClientConfig{TLSCert: c.TLSCert, TLSKey: c.TLSKey, TLSKeyPwd: c.TLSKeyPwd}
 		if _, err := part.TLSConfig(); err != nil {
-			return nil, fmt.Errorf("tls_cert: %w", err)
+			return nil, keyerr.New("tls_cert", err)
 		}
 	}
 	if c.TLSMinVersion != "" {
 		if _, err := telegraftls.ParseTLSVersion(c.TLSMinVersion); err != nil {
-			return nil, fmt.Errorf("tls_min_version: %w", err)
+			return nil, keyerr.New("tls_min_version", err)
 		}
 	}
 	if len(c.TLSCipherSuites) != 0 {
 		if _, err := telegraftls.ParseCiphers(c.TLSCipherSuites); err != nil {
-			return nil, fmt.Errorf("tls_cipher_suites: %w", err)
+			return nil, keyerr.New("tls_cipher_suites", err)
 		}
 	}
 	switch c.RenegotiationMethod {
 	case "", "never", "once", "freely":
 	default:
-		return nil, fmt.Errorf("tls_renegotiation_method: %q is not one of never, once, freely", c.RenegotiationMethod)
+		return nil, keyerr.Errorf("tls_renegotiation_method", "%q is not one of never, once, freely", c.RenegotiationMethod)
 	}
 	cfg, err := c.TLSConfig()
 	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
+		// Unreachable after the checks above: blame the first key set.
+		return nil, keyerr.New((&Options{ClientConfig: *c}).keySet(groupTLS), err)
 	}
 	if cfg != nil && cfg.MinVersion == 0 {
 		// tls_enable = true alone: Telegraf returns a bare config.

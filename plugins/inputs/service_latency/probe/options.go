@@ -1,10 +1,10 @@
 package probe
 
 import (
-	"errors"
 	"fmt"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/influxdata/telegraf/config"
@@ -12,6 +12,8 @@ import (
 	"github.com/influxdata/telegraf/plugins/common/tls"
 	"github.com/influxdata/toml"
 	"github.com/influxdata/toml/ast"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 )
 
 // Options are the probe settings an operator can give plugin-wide (as
@@ -25,29 +27,165 @@ import (
 // tls_enable = true). New rejects HTTP and proxy keys on tcp/dns URLs, TCP
 // keys on http/https/dns URLs and tls_* keys on dns URLs; tls_* keys on a
 // tcp URL without TLS are ignored.
+//
+// Each field's `probe` tag is its group ("http", "tcp" or "tls"): the one
+// place WithDefaults, ApplicableTo and New learn which keys exist and where
+// they apply (see optionFields). An embedded struct is one unit: inherited
+// wholesale, its keys in its own toml tags.
 type Options struct {
 	// HTTP
-	Method          string            `toml:"method"`
-	Headers         map[string]string `toml:"headers"`
-	Body            string            `toml:"body"`
-	FollowRedirects *bool             `toml:"follow_redirects"`
-	ExpectedStatus  StatusList        `toml:"expected_status"`
-	BodyContains    string            `toml:"body_contains"`
-	BodyRegex       string            `toml:"body_regex"`
-	MaxBodySize     config.Size       `toml:"max_body_size"`
-	KeepAlive       *bool             `toml:"keep_alive"`
-	Username        config.Secret     `toml:"username"`
-	Password        config.Secret     `toml:"password"`
-	BearerToken     config.Secret     `toml:"bearer_token"`
+	Method          string            `toml:"method" probe:"http"`
+	Headers         map[string]string `toml:"headers" probe:"http"`
+	Body            string            `toml:"body" probe:"http"`
+	FollowRedirects *bool             `toml:"follow_redirects" probe:"http"`
+	ExpectedStatus  StatusList        `toml:"expected_status" probe:"http"`
+	BodyContains    string            `toml:"body_contains" probe:"http"`
+	BodyRegex       string            `toml:"body_regex" probe:"http"`
+	MaxBodySize     config.Size       `toml:"max_body_size" probe:"http"`
+	KeepAlive       *bool             `toml:"keep_alive" probe:"http"`
+	Username        config.Secret     `toml:"username" probe:"http"`
+	Password        config.Secret     `toml:"password" probe:"http"`
+	BearerToken     config.Secret     `toml:"bearer_token" probe:"http"`
 
 	// TCP
-	Send        string `toml:"send"`
-	Expect      string `toml:"expect"`
-	ExpectRegex string `toml:"expect_regex"`
-	TLS         *bool  `toml:"tls"`
+	Send        string `toml:"send" probe:"tcp"`
+	Expect      string `toml:"expect" probe:"tcp"`
+	ExpectRegex string `toml:"expect_regex" probe:"tcp"`
+	TLS         *bool  `toml:"tls" probe:"tcp"`
 
-	tls.ClientConfig
-	proxy.HTTPProxy
+	tls.ClientConfig `probe:"tls"`
+	proxy.HTTPProxy  `probe:"http"`
+}
+
+// group is the set of URL schemes a group of options applies to.
+type group string
+
+const (
+	groupHTTP group = "http" // http and https URLs
+	groupTCP  group = "tcp"  // tcp URLs
+	groupTLS  group = "tls"  // http, https, and tcp with TLS
+)
+
+// groupOrder is the order in which New reports misplaced keys, and the
+// note it adds ("(http only)").
+var groupOrder = []struct {
+	g    group
+	note string
+}{
+	{groupHTTP, " (http only)"},
+	{groupTCP, " (tcp only)"},
+	{groupTLS, ""},
+}
+
+// schemeGroups are the groups that apply to each scheme.
+var schemeGroups = map[string][]group{
+	"http":  {groupHTTP, groupTLS},
+	"https": {groupHTTP, groupTLS},
+	"tcp":   {groupTCP, groupTLS},
+	"dns":   nil,
+}
+
+// optionField is one field of Options: a setting, or an embedded struct
+// taken as one unit.
+type optionField struct {
+	index int
+	group group
+	// keys are the toml keys: one for a setting, one per field of an
+	// embedded struct (in declaration order).
+	keys     []string
+	embedded bool
+}
+
+// optionFields are Options' fields, read once from the struct tags. A
+// field without a valid `probe` tag panics here, so that no test passes
+// with it.
+var optionFields = func() []optionField {
+	t := reflect.TypeOf(Options{})
+	out := make([]optionField, 0, t.NumField())
+	for i := 0; i < t.NumField(); i++ {
+		sf := t.Field(i)
+		f := optionField{index: i, group: group(sf.Tag.Get("probe")), embedded: sf.Anonymous}
+		switch f.group {
+		case groupHTTP, groupTCP, groupTLS:
+		default:
+			panic(fmt.Sprintf("probe: Options.%s has no valid `probe` tag (http, tcp or tls)", sf.Name))
+		}
+		if f.embedded {
+			for j := 0; j < sf.Type.NumField(); j++ {
+				f.keys = append(f.keys, tomlKey(sf.Type.Field(j)))
+			}
+		} else {
+			f.keys = []string{tomlKey(sf)}
+		}
+		for _, k := range f.keys {
+			if k == "" || k == "-" {
+				panic(fmt.Sprintf("probe: Options.%s has a field without a toml key", sf.Name))
+			}
+		}
+		out = append(out, f)
+	}
+	return out
+}()
+
+func tomlKey(sf reflect.StructField) string {
+	name, _, _ := strings.Cut(sf.Tag.Get("toml"), ",")
+	return name
+}
+
+// unset reports whether v, a field of Options, is not set: nil pointer,
+// empty string, empty map or slice, zero number, empty secret; an embedded
+// struct (and each of its fields) when it is all zero.
+func unset(v reflect.Value, embedded bool) bool {
+	if embedded {
+		return v.IsZero()
+	}
+	if e, ok := v.Addr().Interface().(interface{ Empty() bool }); ok {
+		return e.Empty()
+	}
+	switch v.Kind() {
+	case reflect.Map, reflect.Slice:
+		return v.Len() == 0
+	}
+	return v.IsZero()
+}
+
+// keySet returns the toml key of the first option of group g set in o, or
+// "".
+func (o *Options) keySet(g group) string {
+	v := reflect.ValueOf(o).Elem()
+	for _, f := range optionFields {
+		if f.group != g {
+			continue
+		}
+		fv := v.Field(f.index)
+		if !f.embedded {
+			if !unset(fv, false) {
+				return f.keys[0]
+			}
+			continue
+		}
+		for j, k := range f.keys {
+			if !unset(fv.Field(j), true) {
+				return k
+			}
+		}
+	}
+	return ""
+}
+
+// misplacedKey returns an error naming the first key set in o that does
+// not apply to scheme, or nil.
+func (o *Options) misplacedKey(scheme string) error {
+	applies := schemeGroups[scheme]
+	for _, g := range groupOrder {
+		if slices.Contains(applies, g.g) {
+			continue
+		}
+		if k := o.keySet(g.g); k != "" {
+			return keyerr.Errorf(k, "not supported for %s probes%s", scheme, g.note)
+		}
+	}
+	return nil
 }
 
 // StatusList is the expected_status setting: HTTP status codes ("200") and
@@ -66,11 +204,11 @@ func (s *StatusList) UnmarshalTOML(raw []byte) error {
 	src = append(src, raw...)
 	tbl, err := toml.Parse(src)
 	if err != nil {
-		return fmt.Errorf("expected_status: %w", err)
+		return keyerr.New("expected_status", err)
 	}
 	kv, ok := tbl.Fields["v"].(*ast.KeyValue)
 	if !ok {
-		return errors.New("expected_status: want an integer, a string or an array of them")
+		return keyerr.Errorf("expected_status", "want an integer, a string or an array of them")
 	}
 	values := []ast.Value{kv.Value}
 	if arr, ok := kv.Value.(*ast.Array); ok {
@@ -84,7 +222,7 @@ func (s *StatusList) UnmarshalTOML(raw []byte) error {
 		case *ast.String:
 			out = append(out, v.Value)
 		default:
-			return fmt.Errorf("expected_status: %s is not a status code or class", v.Source())
+			return keyerr.Errorf("expected_status", "%s is not a status code or class", v.Source())
 		}
 	}
 	*s = out
@@ -103,59 +241,11 @@ func (s *StatusList) UnmarshalTOML(raw []byte) error {
 //
 //	opts := svc.Options.WithDefaults(plugin.Options.ApplicableTo(svc.URL))
 func (o Options) WithDefaults(d Options) Options {
-	if o.Method == "" {
-		o.Method = d.Method
-	}
-	if len(o.Headers) == 0 {
-		o.Headers = d.Headers
-	}
-	if o.Body == "" {
-		o.Body = d.Body
-	}
-	if o.FollowRedirects == nil {
-		o.FollowRedirects = d.FollowRedirects
-	}
-	if len(o.ExpectedStatus) == 0 {
-		o.ExpectedStatus = d.ExpectedStatus
-	}
-	if o.BodyContains == "" {
-		o.BodyContains = d.BodyContains
-	}
-	if o.BodyRegex == "" {
-		o.BodyRegex = d.BodyRegex
-	}
-	if o.MaxBodySize == 0 {
-		o.MaxBodySize = d.MaxBodySize
-	}
-	if o.KeepAlive == nil {
-		o.KeepAlive = d.KeepAlive
-	}
-	if o.Username.Empty() {
-		o.Username = d.Username
-	}
-	if o.Password.Empty() {
-		o.Password = d.Password
-	}
-	if o.BearerToken.Empty() {
-		o.BearerToken = d.BearerToken
-	}
-	if o.Send == "" {
-		o.Send = d.Send
-	}
-	if o.Expect == "" {
-		o.Expect = d.Expect
-	}
-	if o.ExpectRegex == "" {
-		o.ExpectRegex = d.ExpectRegex
-	}
-	if o.TLS == nil {
-		o.TLS = d.TLS
-	}
-	if tlsUnset(&o.ClientConfig) {
-		o.ClientConfig = d.ClientConfig
-	}
-	if o.HTTPProxy == (proxy.HTTPProxy{}) {
-		o.HTTPProxy = d.HTTPProxy
+	ov, dv := reflect.ValueOf(&o).Elem(), reflect.ValueOf(&d).Elem()
+	for _, f := range optionFields {
+		if unset(ov.Field(f.index), f.embedded) {
+			ov.Field(f.index).Set(dv.Field(f.index))
+		}
 	}
 	return o
 }
@@ -173,96 +263,16 @@ func (o Options) ApplicableTo(rawURL string) Options {
 	if err != nil {
 		return o
 	}
-	switch strings.ToLower(u.Scheme) {
-	case "http", "https":
-		o.clearTCP()
-	case "tcp":
-		o.clearHTTP()
-		o.HTTPProxy = proxy.HTTPProxy{}
-	case "dns":
-		o.clearHTTP()
-		o.clearTCP()
-		o.HTTPProxy = proxy.HTTPProxy{}
-		o.ClientConfig = tls.ClientConfig{}
+	applies, known := schemeGroups[strings.ToLower(u.Scheme)]
+	if !known {
+		return o
+	}
+	v := reflect.ValueOf(&o).Elem()
+	for _, f := range optionFields {
+		if !slices.Contains(applies, f.group) {
+			fv := v.Field(f.index)
+			fv.Set(reflect.Zero(fv.Type()))
+		}
 	}
 	return o
-}
-
-func (o *Options) clearHTTP() {
-	o.Method = ""
-	o.Headers = nil
-	o.Body = ""
-	o.FollowRedirects = nil
-	o.ExpectedStatus = nil
-	o.BodyContains = ""
-	o.BodyRegex = ""
-	o.MaxBodySize = 0
-	o.KeepAlive = nil
-	o.Username = config.Secret{}
-	o.Password = config.Secret{}
-	o.BearerToken = config.Secret{}
-}
-
-func (o *Options) clearTCP() {
-	o.Send = ""
-	o.Expect = ""
-	o.ExpectRegex = ""
-	o.TLS = nil
-}
-
-// tlsUnset reports whether no tls_* / insecure_skip_verify key is set.
-func tlsUnset(c *tls.ClientConfig) bool {
-	return reflect.ValueOf(c).Elem().IsZero()
-}
-
-// httpKeySet returns the toml key of the first HTTP-only option set in o,
-// or "".
-func (o *Options) httpKeySet() string {
-	switch {
-	case o.Method != "":
-		return "method"
-	case len(o.Headers) != 0:
-		return "headers"
-	case o.Body != "":
-		return "body"
-	case o.FollowRedirects != nil:
-		return "follow_redirects"
-	case len(o.ExpectedStatus) != 0:
-		return "expected_status"
-	case o.BodyContains != "":
-		return "body_contains"
-	case o.BodyRegex != "":
-		return "body_regex"
-	case o.MaxBodySize != 0:
-		return "max_body_size"
-	case o.KeepAlive != nil:
-		return "keep_alive"
-	case !o.Username.Empty():
-		return "username"
-	case !o.Password.Empty():
-		return "password"
-	case !o.BearerToken.Empty():
-		return "bearer_token"
-	case o.UseSystemProxy:
-		return "use_system_proxy"
-	case o.HTTPProxyURL != "":
-		return "http_proxy_url"
-	}
-	return ""
-}
-
-// tcpKeySet returns the toml key of the first TCP-only option set in o, or
-// "".
-func (o *Options) tcpKeySet() string {
-	switch {
-	case o.Send != "":
-		return "send"
-	case o.Expect != "":
-		return "expect"
-	case o.ExpectRegex != "":
-		return "expect_regex"
-	case o.TLS != nil:
-		return "tls"
-	}
-	return ""
 }

@@ -74,15 +74,6 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// Outcomes lists every outcome in code order (for documentation and tests).
-func Outcomes() []Outcome {
-	out := make([]Outcome, len(outcomeNames))
-	for i := range out {
-		out[i] = Outcome(i)
-	}
-	return out
-}
-
 // Field is one probe-specific field (http_response_code, a phase timing, ...).
 type Field struct {
 	Key   string

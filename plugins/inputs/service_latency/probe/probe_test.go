@@ -25,6 +25,8 @@ import (
 	"github.com/influxdata/toml"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 )
 
 func TestMain(m *testing.M) {
@@ -139,7 +141,16 @@ func selfSigned(t *testing.T, validFor time.Duration) testCert {
 	}
 }
 
-// ---- New, Redact, Options ----------------------------------------------
+// ---- New, redactURL, Options -------------------------------------------
+
+// allOutcomes lists every outcome in code order (test-only; it was probe.Outcomes).
+func allOutcomes() []Outcome {
+	out := make([]Outcome, len(outcomeNames))
+	for i := range out {
+		out[i] = Outcome(i)
+	}
+	return out
+}
 
 func TestOutcomeNames(t *testing.T) {
 	want := []string{
@@ -147,7 +158,7 @@ func TestOutcomeNames(t *testing.T) {
 		"dns_error", "response_status_code_mismatch", "tls_error", "read_failed", "string_mismatch",
 		"dns_nxdomain", "dns_servfail", "dns_no_answer", "dns_rcode_error",
 	}
-	outcomes := Outcomes()
+	outcomes := allOutcomes()
 	require.Len(t, outcomes, len(want))
 	for i, o := range outcomes {
 		require.Equal(t, i, int(o))
@@ -173,71 +184,104 @@ func TestNewKinds(t *testing.T) {
 
 func TestNewErrors(t *testing.T) {
 	badCA := filepath.Join(t.TempDir(), "missing.pem")
+	ca := func(c telegraftls.ClientConfig) Options { return Options{ClientConfig: c} }
+	secret := func(s string) config.Secret { return config.NewSecret([]byte(s)) }
 	cases := []struct {
 		name    string
 		url     string
 		timeout time.Duration
 		opts    Options
-		prefix  string
+		key     string // keyerr.Key(err)
+		prefix  string // err.Error() starts with it
 	}{
-		{"zero timeout", "http://127.0.0.1/", 0, Options{}, "timeout: must be > 0"},
-		{"unsupported scheme", "ftp://127.0.0.1/", time.Second, Options{}, `url: unsupported scheme "ftp" (want http, https, tcp, dns)`},
-		{"missing scheme", "127.0.0.1:80", time.Second, Options{}, "url: "},
-		{"no scheme", "example.com/x", time.Second, Options{}, "url: missing scheme"},
-		{"unparsable", "http://user:hunter2@127.0.0.1/%zz", time.Second, Options{}, "url: cannot parse"},
-		{"http no host", "http:///path", time.Second, Options{}, "url: missing host"},
-		{"bad port", "http://127.0.0.1:99999/", time.Second, Options{}, "url: invalid port"},
-		{"bad regex", "http://127.0.0.1/", time.Second, Options{BodyRegex: "a("}, "body_regex: error parsing regexp"},
-		{"bad method", "http://127.0.0.1/", time.Second, Options{Method: "GE T"}, "method: invalid method"},
-		{"bad status", "http://127.0.0.1/", time.Second, Options{ExpectedStatus: StatusList{"abc"}}, "expected_status: invalid entry"},
-		{"status too big", "http://127.0.0.1/", time.Second, Options{ExpectedStatus: StatusList{"200", "600"}}, "expected_status: invalid entry \"600\""},
-		{"bad class", "http://127.0.0.1/", time.Second, Options{ExpectedStatus: StatusList{"6xx"}}, "expected_status: invalid entry"},
-		{"negative size", "http://127.0.0.1/", time.Second, Options{MaxBodySize: -1}, "max_body_size: must be >= 0"},
-		{"bad header name", "http://127.0.0.1/", time.Second, Options{Headers: map[string]string{"Bad Header": "x"}}, "headers: invalid header name"},
-		{"bad header value", "http://127.0.0.1/", time.Second, Options{Headers: map[string]string{"X-A": "a\r\nB: c"}}, "headers: invalid value"},
-		{"send on http", "http://127.0.0.1/", time.Second, Options{Send: "PING"}, "send: not supported for http probes"},
-		{"expect on https", "https://127.0.0.1/", time.Second, Options{Expect: "x"}, "expect: not supported for https probes"},
-		{"tls on http", "http://127.0.0.1/", time.Second, Options{TLS: ptr(true)}, "tls: not supported"},
-		{"bearer and basic", "http://127.0.0.1/", time.Second, Options{BearerToken: config.NewSecret([]byte("t")), Username: config.NewSecret([]byte("u"))}, "bearer_token: cannot be combined"},
-		{"proxy scheme", "http://127.0.0.1/", time.Second, Options{HTTPProxy: proxy.HTTPProxy{HTTPProxyURL: "ftp://127.0.0.1:1"}}, "http_proxy_url: unsupported scheme"},
-		{"proxy no host", "http://127.0.0.1/", time.Second, Options{HTTPProxy: proxy.HTTPProxy{HTTPProxyURL: "http://"}}, "http_proxy_url: missing host"},
-		{"missing ca", "https://127.0.0.1/", time.Second, Options{ClientConfig: telegraftls.ClientConfig{TLSCA: badCA}}, "tls_ca: "},
-		{"cert without key", "https://127.0.0.1/", time.Second, Options{ClientConfig: telegraftls.ClientConfig{TLSCert: badCA}}, "tls_cert: requires tls_key"},
-		{"bad tls version", "https://127.0.0.1/", time.Second, Options{ClientConfig: telegraftls.ClientConfig{TLSMinVersion: "TLS99"}}, "tls_min_version: "},
-		{"bad ciphers", "https://127.0.0.1/", time.Second, Options{ClientConfig: telegraftls.ClientConfig{TLSCipherSuites: []string{"nope"}}}, "tls_cipher_suites: "},
-		{"bad renegotiation", "https://127.0.0.1/", time.Second, Options{ClientConfig: telegraftls.ClientConfig{RenegotiationMethod: "always"}}, "tls_renegotiation_method: "},
-		{"tcp no port", "tcp://127.0.0.1", time.Second, Options{}, "url: missing port"},
-		{"tcp no host", "tcp://:22", time.Second, Options{}, "url: missing host"},
-		{"tcp path", "tcp://127.0.0.1:22/x", time.Second, Options{}, "url: tcp URLs are tcp://host:port"},
-		{"method on tcp", "tcp://127.0.0.1:22", time.Second, Options{Method: "GET"}, "method: not supported for tcp probes"},
-		{"headers on tcp", "tcp://127.0.0.1:22", time.Second, Options{Headers: map[string]string{"a": "b"}}, "headers: not supported for tcp probes"},
-		{"proxy on tcp", "tcp://127.0.0.1:22", time.Second, Options{HTTPProxy: proxy.HTTPProxy{HTTPProxyURL: "http://127.0.0.1:3128"}}, "http_proxy_url: not supported for tcp probes"},
-		{"password on tcp", "tcp://127.0.0.1:22", time.Second, Options{Password: config.NewSecret([]byte("p"))}, "password: not supported for tcp probes"},
-		{"bad expect_regex", "tcp://127.0.0.1:22", time.Second, Options{ExpectRegex: "["}, "expect_regex: error parsing regexp"},
-		{"tls conflict", "tcp://127.0.0.1:22", time.Second, Options{TLS: ptr(true), ClientConfig: telegraftls.ClientConfig{Enable: ptr(false)}}, "tls: tls = true conflicts"},
-		{"tcp bad ca", "tcp://127.0.0.1:22", time.Second, Options{TLS: ptr(true), ClientConfig: telegraftls.ClientConfig{TLSCA: badCA}}, "tls_ca: "},
-		{"dns bad type", "dns://127.0.0.1/example.com?type=ANY", time.Second, Options{}, `url: unsupported query type "ANY"`},
-		{"dns bad param", "dns://127.0.0.1/example.com?typ=A", time.Second, Options{}, `url: unknown query parameter "typ"`},
-		{"dns bad transport", "dns://127.0.0.1/example.com?transport=quic", time.Second, Options{}, `url: unsupported transport "quic"`},
-		{"dns no name", "dns://127.0.0.1/", time.Second, Options{}, "url: missing the name to query"},
-		{"dns bad name", "dns://127.0.0.1/a..b", time.Second, Options{}, "url: invalid domain name"},
-		{"dns bad port", "dns://127.0.0.1:0/example.com", time.Second, Options{}, "url: invalid port"},
-		{"send on dns", "dns://127.0.0.1/example.com", time.Second, Options{Send: "x"}, "send: not supported for dns probes"},
-		{"method on dns", "dns://127.0.0.1/example.com", time.Second, Options{Method: "GET"}, "method: not supported for dns probes"},
-		{"tls on dns", "dns://127.0.0.1/example.com", time.Second, Options{ClientConfig: telegraftls.ClientConfig{TLSCA: badCA}}, "tls_ca: not supported for dns probes"},
+		{"zero timeout", "http://127.0.0.1/", 0, Options{}, "timeout", "timeout: must be > 0"},
+		{"unsupported scheme", "ftp://127.0.0.1/", time.Second, Options{}, "url", `url: unsupported scheme "ftp" (want http, https, tcp, dns)`},
+		{"missing scheme", "127.0.0.1:80", time.Second, Options{}, "url", "url: "},
+		{"no scheme", "example.com/x", time.Second, Options{}, "url", "url: missing scheme"},
+		{"no scheme userinfo", "//user:hunter2@127.0.0.1/", time.Second, Options{}, "url", `url: missing scheme in "//user@127.0.0.1/"`},
+		{"unparsable", "http://user:hunter2@127.0.0.1/%zz", time.Second, Options{}, "url", `url: cannot parse "http://user@127.0.0.1/%zz"`},
+		{"http no host", "http:///path", time.Second, Options{}, "url", "url: missing host"},
+		{"bad port", "http://127.0.0.1:99999/", time.Second, Options{}, "url", "url: invalid port"},
+		{"bad regex", "http://127.0.0.1/", time.Second, Options{BodyRegex: "a("}, "body_regex", "body_regex: error parsing regexp"},
+		{"bad method", "http://127.0.0.1/", time.Second, Options{Method: "GE T"}, "method", "method: invalid method"},
+		{"bad status", "http://127.0.0.1/", time.Second, Options{ExpectedStatus: StatusList{"abc"}}, "expected_status", "expected_status: invalid entry"},
+		{"status too big", "http://127.0.0.1/", time.Second, Options{ExpectedStatus: StatusList{"200", "600"}}, "expected_status", "expected_status: invalid entry \"600\""},
+		{"bad class", "http://127.0.0.1/", time.Second, Options{ExpectedStatus: StatusList{"6xx"}}, "expected_status", "expected_status: invalid entry"},
+		{"negative size", "http://127.0.0.1/", time.Second, Options{MaxBodySize: -1}, "max_body_size", "max_body_size: must be >= 0"},
+		{"bad header name", "http://127.0.0.1/", time.Second, Options{Headers: map[string]string{"Bad Header": "x"}}, "headers", "headers: invalid header name"},
+		{"bad header value", "http://127.0.0.1/", time.Second, Options{Headers: map[string]string{"X-A": "a\r\nB: c"}}, "headers", "headers: invalid value"},
+		{"send on http", "http://127.0.0.1/", time.Second, Options{Send: "PING"}, "send", "send: not supported for http probes (tcp only)"},
+		{"expect on https", "https://127.0.0.1/", time.Second, Options{Expect: "x"}, "expect", "expect: not supported for https probes (tcp only)"},
+		{"expect_regex on http", "http://127.0.0.1/", time.Second, Options{ExpectRegex: "x"}, "expect_regex", "expect_regex: not supported"},
+		{"tls on http", "http://127.0.0.1/", time.Second, Options{TLS: ptr(true)}, "tls", "tls: not supported"},
+		{"bearer and basic", "http://127.0.0.1/", time.Second, Options{BearerToken: secret("t"), Username: secret("u")}, "bearer_token", "bearer_token: cannot be combined"},
+		{"bearer and userinfo", "http://u:hunter2@127.0.0.1/", time.Second, Options{BearerToken: secret("t")}, "bearer_token", "bearer_token: cannot be combined"},
+		{"proxy scheme", "http://127.0.0.1/", time.Second, Options{HTTPProxy: proxy.HTTPProxy{HTTPProxyURL: "ftp://127.0.0.1:1"}}, "http_proxy_url", "http_proxy_url: unsupported scheme"},
+		{"proxy no host", "http://127.0.0.1/", time.Second, Options{HTTPProxy: proxy.HTTPProxy{HTTPProxyURL: "http://"}}, "http_proxy_url", "http_proxy_url: missing host"},
+		{"proxy unparsable", "http://127.0.0.1/", time.Second, Options{HTTPProxy: proxy.HTTPProxy{HTTPProxyURL: "http://p:hunter2@127.0.0.1:%zz"}}, "http_proxy_url", `http_proxy_url: cannot parse "http://p@127.0.0.1:%zz"`},
+		{"missing ca", "https://127.0.0.1/", time.Second, ca(telegraftls.ClientConfig{TLSCA: badCA}), "tls_ca", "tls_ca: "},
+		{"cert without key", "https://127.0.0.1/", time.Second, ca(telegraftls.ClientConfig{TLSCert: badCA}), "tls_cert", "tls_cert: requires tls_key"},
+		{"key without cert", "https://127.0.0.1/", time.Second, ca(telegraftls.ClientConfig{TLSKey: badCA}), "tls_key", "tls_key: requires tls_cert"},
+		{"missing cert", "https://127.0.0.1/", time.Second, ca(telegraftls.ClientConfig{TLSCert: badCA, TLSKey: badCA}), "tls_cert", "tls_cert: "},
+		{"bad tls version", "https://127.0.0.1/", time.Second, ca(telegraftls.ClientConfig{TLSMinVersion: "TLS99"}), "tls_min_version", "tls_min_version: "},
+		{"bad ciphers", "https://127.0.0.1/", time.Second, ca(telegraftls.ClientConfig{TLSCipherSuites: []string{"nope"}}), "tls_cipher_suites", "tls_cipher_suites: "},
+		{"bad renegotiation", "https://127.0.0.1/", time.Second, ca(telegraftls.ClientConfig{RenegotiationMethod: "always"}), "tls_renegotiation_method", "tls_renegotiation_method: "},
+		{"tcp no port", "tcp://127.0.0.1", time.Second, Options{}, "url", "url: missing port"},
+		{"tcp bad port", "tcp://127.0.0.1:0", time.Second, Options{}, "url", `url: invalid port "0"`},
+		{"tcp no host", "tcp://:22", time.Second, Options{}, "url", "url: missing host"},
+		{"tcp path", "tcp://127.0.0.1:22/x", time.Second, Options{}, "url", "url: tcp URLs are tcp://host:port"},
+		{"tcp userinfo", "tcp://u:hunter2@127.0.0.1:22", time.Second, Options{}, "url", `url: tcp URLs are tcp://host:port, got "tcp://u@127.0.0.1:22"`},
+		{"method on tcp", "tcp://127.0.0.1:22", time.Second, Options{Method: "GET"}, "method", "method: not supported for tcp probes (http only)"},
+		{"headers on tcp", "tcp://127.0.0.1:22", time.Second, Options{Headers: map[string]string{"a": "b"}}, "headers", "headers: not supported for tcp probes"},
+		{"proxy on tcp", "tcp://127.0.0.1:22", time.Second, Options{HTTPProxy: proxy.HTTPProxy{HTTPProxyURL: "http://127.0.0.1:3128"}}, "http_proxy_url", "http_proxy_url: not supported for tcp probes"},
+		{"system proxy on tcp", "tcp://127.0.0.1:22", time.Second, Options{HTTPProxy: proxy.HTTPProxy{UseSystemProxy: true}}, "use_system_proxy", "use_system_proxy: not supported for tcp probes"},
+		{"password on tcp", "tcp://127.0.0.1:22", time.Second, Options{Password: secret("hunter2")}, "password", "password: not supported for tcp probes"},
+		{"bad expect_regex", "tcp://127.0.0.1:22", time.Second, Options{ExpectRegex: "["}, "expect_regex", "expect_regex: error parsing regexp"},
+		{"tls conflict", "tcp://127.0.0.1:22", time.Second, Options{TLS: ptr(true), ClientConfig: telegraftls.ClientConfig{Enable: ptr(false)}}, "tls", "tls: tls = true conflicts"},
+		{"tcp bad ca", "tcp://127.0.0.1:22", time.Second, Options{TLS: ptr(true), ClientConfig: telegraftls.ClientConfig{TLSCA: badCA}}, "tls_ca", "tls_ca: "},
+		{"tcp_enable bad ca", "tcp://127.0.0.1:22", time.Second, ca(telegraftls.ClientConfig{Enable: ptr(true), TLSCA: badCA}), "tls_ca", "tls_ca: "},
+		{"dns bad type", "dns://127.0.0.1/example.com?type=ANY", time.Second, Options{}, "url", `url: unsupported query type "ANY"`},
+		{"dns bad param", "dns://127.0.0.1/example.com?typ=A", time.Second, Options{}, "url", `url: unknown query parameter "typ"`},
+		{"dns bad transport", "dns://127.0.0.1/example.com?transport=quic", time.Second, Options{}, "url", `url: unsupported transport "quic"`},
+		{"dns no name", "dns://127.0.0.1/", time.Second, Options{}, "url", "url: missing the name to query"},
+		{"dns bad name", "dns://127.0.0.1/a..b", time.Second, Options{}, "url", "url: invalid domain name"},
+		{"dns bad port", "dns://127.0.0.1:0/example.com", time.Second, Options{}, "url", "url: invalid port"},
+		{"dns no host", "dns://:53/example.com", time.Second, Options{}, "url", "url: missing host"},
+		{"dns userinfo", "dns://u:hunter2@127.0.0.1/example.com", time.Second, Options{}, "url", `url: dns URLs take no user info, got "dns://u@127.0.0.1/example.com"`},
+		{"send on dns", "dns://127.0.0.1/example.com", time.Second, Options{Send: "x"}, "send", "send: not supported for dns probes (tcp only)"},
+		{"method on dns", "dns://127.0.0.1/example.com", time.Second, Options{Method: "GET"}, "method", "method: not supported for dns probes (http only)"},
+		{"tls on dns", "dns://127.0.0.1/example.com", time.Second, ca(telegraftls.ClientConfig{TLSCA: badCA}), "tls_ca", "tls_ca: not supported for dns probes"},
+		{"insecure on dns", "dns://127.0.0.1/example.com", time.Second, ca(telegraftls.ClientConfig{InsecureSkipVerify: true}), "insecure_skip_verify", "insecure_skip_verify: not supported for dns probes"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := New(tc.url, tc.timeout, tc.opts)
 			require.Error(t, err)
 			require.Nil(t, p)
+			var ke *keyerr.Error
+			require.ErrorAs(t, err, &ke)
+			require.Equal(t, tc.key, keyerr.Key(err), "error %q", err)
 			require.Truef(t, strings.HasPrefix(err.Error(), tc.prefix), "error %q does not start with %q", err, tc.prefix)
 			require.NotContains(t, err.Error(), "hunter2")
 		})
 	}
 }
 
-func TestRedact(t *testing.T) {
+func TestNewErrorsNoResolvConf(t *testing.T) {
+	old := resolvConf
+	t.Cleanup(func() { resolvConf = old })
+	resolvConf = filepath.Join(t.TempDir(), "resolv.conf")
+	_, err := New("dns:///example.com", time.Second, Options{})
+	require.Equal(t, "url", keyerr.Key(err), "%v", err)
+	require.ErrorContains(t, err, "url: no server given and ")
+
+	require.NoError(t, os.WriteFile(resolvConf, []byte("# none\n"), 0o600))
+	_, err = New("dns:///example.com", time.Second, Options{})
+	require.Equal(t, "url", keyerr.Key(err), "%v", err)
+	require.ErrorContains(t, err, "url: no server given and none in ")
+}
+
+func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
 		"http://user:hunter2@127.0.0.1:8080/x?y=1": "http://user@127.0.0.1:8080/x?y=1",
 		"https://user@example.com/":                "https://user@example.com/",
@@ -246,8 +290,10 @@ func TestRedact(t *testing.T) {
 		"http://user:hunter2@example.com/%zz":      "http://user@example.com/%zz",
 		"http://:hunter2@example.com/":             "http://@example.com/",
 		"not a url":                                "not a url",
+		"//user:hunter2@example.com/":              "//user@example.com/",
+		"//user:hunter2@example.com/%zz":           "//user@example.com/%zz",
 	} {
-		got := Redact(in)
+		got := redactURL(in)
 		require.Equal(t, want, got, in)
 		require.NotContains(t, got, "hunter2")
 	}
@@ -337,6 +383,7 @@ func TestApplicableTo(t *testing.T) {
 	// A misplaced per-service key is still an error.
 	_, err := New("tcp://127.0.0.1:22", time.Second, Options{Method: "GET"}.WithDefaults(d.ApplicableTo("tcp://127.0.0.1:22")))
 	require.ErrorContains(t, err, "method: ")
+	require.Equal(t, "method", keyerr.Key(err))
 }
 
 func TestExpectedStatusTOML(t *testing.T) {

@@ -40,6 +40,8 @@ import (
 	"regexp"
 	"sync"
 	"time"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 )
 
 // MaxExpectRead is how many bytes a TCP probe reads at most to match
@@ -57,12 +59,12 @@ type tcpProber struct {
 }
 
 func newTCP(u *url.URL, timeout time.Duration, o *Options) (*tcpProber, error) {
-	host, port, err := hostPort(u, true)
+	host, port, err := hostPort(u, "")
 	if err != nil {
 		return nil, err
 	}
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
-		return nil, fmt.Errorf("url: tcp URLs are tcp://host:port, got %q", Redact(u.String()))
+		return nil, keyerr.Errorf("url", "tcp URLs are tcp://host:port, got %q", redactURL(u.String()))
 	}
 	p := &tcpProber{
 		addr:    net.JoinHostPort(host, port),
@@ -77,13 +79,13 @@ func newTCP(u *url.URL, timeout time.Duration, o *Options) (*tcpProber, error) {
 	}
 	if o.ExpectRegex != "" {
 		if p.re, err = regexp.Compile(o.ExpectRegex); err != nil {
-			return nil, fmt.Errorf("expect_regex: %w", err)
+			return nil, keyerr.New("expect_regex", err)
 		}
 	}
 
 	enable := o.ClientConfig.Enable
 	if o.TLS != nil && *o.TLS && enable != nil && !*enable {
-		return nil, errors.New("tls: tls = true conflicts with tls_enable = false")
+		return nil, keyerr.Errorf("tls", "tls = true conflicts with tls_enable = false")
 	}
 	if (o.TLS != nil && *o.TLS) || (enable != nil && *enable) {
 		cfg, err := buildTLS(&o.ClientConfig)
