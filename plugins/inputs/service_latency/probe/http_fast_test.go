@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -363,6 +364,87 @@ func BenchmarkHTTPProbePaths(b *testing.B) {
 			require.NoError(b, err)
 			defer p.Close()
 			benchmarkProbe(b, p)
+		})
+	}
+}
+
+// TestHTTPAuthorizationOneRule checks the credentials of both paths: the
+// value appendAuthorization builds, what each path puts on the wire, and
+// that a value net/http would refuse fails both the same way before any
+// connection.
+func TestHTTPAuthorizationOneRule(t *testing.T) {
+	heads := make(chan string, 1)
+	var conns atomic.Int64
+	addr := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) {
+		conns.Add(1)
+		b, err := readRequestHead(c)
+		if err != nil {
+			return
+		}
+		heads <- string(b)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	authLine := func(head string) string {
+		for _, line := range strings.Split(head, "\r\n") {
+			if v, found := strings.CutPrefix(line, "Authorization: "); found {
+				return v
+			}
+		}
+		return "(none)"
+	}
+	secret := func(s string) config.Secret { return config.NewSecret([]byte(s)) }
+	cases := []struct {
+		name string
+		url  string
+		opts Options
+		want string // the header value; "" for errInvalidAuth
+	}{
+		{"basic", "http://" + addr + "/", Options{Username: secret("alice"), Password: secret("pw")}, "Basic YWxpY2U6cHc="},
+		{"basic user only", "http://" + addr + "/", Options{Username: secret("alice")}, "Basic YWxpY2U6"},
+		{"basic control bytes", "http://" + addr + "/", Options{Username: secret("a\nb"), Password: secret("\x00")}, "Basic YQpiOgA="},
+		{"userinfo", "http://bob:pw@" + addr + "/", Options{}, "Basic Ym9iOnB3"},
+		{"bearer", "http://" + addr + "/", Options{BearerToken: secret("tok-1")}, "Bearer tok-1"},
+		{"bearer trailing space", "http://" + addr + "/", Options{BearerToken: secret("tok-1 \t ")}, "Bearer tok-1"},
+		{"bearer inner tab", "http://" + addr + "/", Options{BearerToken: secret("a\tb")}, "Bearer a\tb"},
+		{"bearer newline", "http://" + addr + "/", Options{BearerToken: secret("tok\nsecret")}, ""},
+		{"bearer CR", "http://" + addr + "/", Options{BearerToken: secret("tok\rsecret")}, ""},
+		{"bearer DEL", "http://" + addr + "/", Options{BearerToken: secret("tok\x7fsecret")}, ""},
+		{"bearer NUL", "http://" + addr + "/", Options{BearerToken: secret("tok\x00secret")}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			fast, transport := bothPaths(t, tc.url, 2*time.Second, tc.opts)
+
+			if fast.auth != authNone {
+				v, err := fast.appendAuthorization([]byte("prefix:"))
+				if tc.want == "" {
+					require.ErrorIs(t, err, errInvalidAuth)
+					require.Equal(t, "prefix:", string(v), "nothing appended")
+				} else {
+					require.NoError(t, err)
+					require.Equal(t, "prefix:"+tc.want, string(v))
+				}
+			}
+
+			before := conns.Load()
+			var errs []string
+			for _, p := range []*httpProber{transport, fast} {
+				r := p.Probe(context.Background())
+				if tc.want == "" {
+					requireOutcome(t, ConnectionFailed, r)
+					require.ErrorIs(t, r.Err, errInvalidAuth)
+					require.NotContains(t, r.Err.Error(), "secret")
+					errs = append(errs, r.Err.Error())
+					continue
+				}
+				requireOutcome(t, Success, r)
+				require.Equal(t, tc.want, authLine(<-heads))
+			}
+			if tc.want == "" {
+				require.Equal(t, errs[0], errs[1], "both paths fail alike")
+				require.Equal(t, `Get "http://`+addr+`/": net/http: invalid header field value for "Authorization"`, errs[0])
+				require.Equal(t, before, conns.Load(), "no connection for a refused Authorization")
+			}
 		})
 	}
 }
