@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -452,5 +453,41 @@ func TestClassify(t *testing.T) {
 	}
 	for i, tc := range cases {
 		require.Equal(t, tc.want, classify(tc.ctx, tc.err, tc.tls), "case %d: %v", i, tc.err)
+	}
+}
+
+func TestHostPort(t *testing.T) {
+	cases := []struct {
+		url, defaultPort string
+		host, port, err  string
+	}{
+		{"http://127.0.0.1/", "80", "127.0.0.1", "80", ""},
+		{"https://[::1]/", "443", "::1", "443", ""},
+		{"http://127.0.0.1:/", "80", "127.0.0.1", "80", ""},
+		{"dns://127.0.0.1/x", "53", "127.0.0.1", "53", ""},
+		{"tcp://127.0.0.1:65535", "", "127.0.0.1", "65535", ""},
+		{"tcp://127.0.0.1:1", "", "127.0.0.1", "1", ""},
+		{"tcp://127.0.0.1", "", "", "", `url: missing port in "tcp://127.0.0.1"`},
+		{"tcp://127.0.0.1:0", "", "", "", `url: invalid port "0"`},
+		{"tcp://127.0.0.1:65536", "", "", "", `url: invalid port "65536"`},
+		{"http://127.0.0.1:0/", "80", "", "", `url: invalid port "0"`},
+		{"tcp://u:hunter2@:1", "", "", "", `url: missing host in "tcp://u@:1"`},
+	}
+	for _, tc := range cases {
+		u, err := url.Parse(tc.url)
+		require.NoError(t, err, tc.url)
+		host, port, err := hostPort(u, tc.defaultPort)
+		if tc.err != "" {
+			require.EqualError(t, err, tc.err, tc.url)
+			require.Equal(t, "url", keyerr.Key(err))
+			continue
+		}
+		require.NoError(t, err, tc.url)
+		require.Equal(t, tc.host, host, tc.url)
+		require.Equal(t, tc.port, port, tc.url)
+	}
+	for scheme, want := range map[string]string{"http://127.0.0.1/": "80", "https://127.0.0.1/": "443"} {
+		p := mustNew(t, scheme, time.Second, Options{})
+		require.Equal(t, want, p.(*httpProber).fast.port, "the fast path dials the checked port")
 	}
 }
