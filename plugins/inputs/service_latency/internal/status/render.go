@@ -5,8 +5,8 @@ package status
 import (
 	"bytes"
 	"encoding/json"
-	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -69,18 +69,6 @@ type gatherInfo struct {
 	End             time.Time `json:"end"`
 	DurationSeconds float64   `json:"duration_seconds"`
 	Error           string    `json:"error,omitempty"`
-}
-
-// serviceJSON is one service's entry in /status.
-type serviceJSON struct {
-	Name        string            `json:"name"`
-	Tags        map[string]string `json:"tags"`
-	Fields      map[string]any    `json:"fields"`
-	Histogram   map[string]int64  `json:"histogram,omitempty"`
-	LastSuccess *time.Time        `json:"last_success"`
-	LastFailure *time.Time        `json:"last_failure"`
-	LastError   string            `json:"last_error,omitempty"`
-	LastErrorAt *time.Time        `json:"last_error_at,omitempty"`
 }
 
 // render writes the document as json.MarshalIndent(doc, "", "  ") would,
@@ -160,48 +148,30 @@ func renderServices(svcs []gather.Service, errs []serviceError, budget int) (lis
 	if len(svcs) == 0 {
 		return []byte(empty), 0, nil
 	}
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetIndent("    ", "  ")
-	b.WriteString("[")
+	var e serviceEncoder
+	b := append(make([]byte, 0, 4<<10), '[')
 	for i := range svcs {
-		mark := b.Len()
+		mark := len(b)
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		b.WriteString("\n    ")
-		sv := &svcs[i]
-		j := serviceJSON{
-			Name:        sv.Name,
-			Tags:        sv.Tags,
-			Fields:      finiteFields(sv.Fields),
-			LastSuccess: timeOrNil(sv.LastSuccess),
-			LastFailure: timeOrNil(sv.LastFailure),
-		}
-		if len(sv.Histogram) > 0 {
-			j.Histogram = make(map[string]int64, len(sv.Histogram))
-			for _, h := range sv.Histogram {
-				j.Histogram[h.LE] = h.Count
-			}
-		}
+		b = append(b, svcIndent...)
+		var le *serviceError
 		if len(errs) > 0 && errs[0].i == i {
-			j.LastError = errs[0].msg
-			at := errs[0].at
-			j.LastErrorAt = &at
+			le = &errs[0]
 			errs = errs[1:]
 		}
-		if err := enc.Encode(&j); err != nil {
+		if b, err = e.appendService(b, &svcs[i], le); err != nil {
 			return nil, 0, err
 		}
-		b.Truncate(b.Len() - 1)
-		if b.Len()+len(end) > budget {
-			b.Truncate(mark)
+		if len(b)+len(end) > budget {
+			b = b[:mark]
 			break
 		}
 		if i == 0 {
 			// room for all, from the first one's size, within budget
-			if want := min(budget, (b.Len()+b.Len()/4)*len(svcs)); want > b.Len() {
-				b.Grow(want - b.Len())
+			if want := min(budget, (len(b)+len(b)/4)*len(svcs)); want > cap(b) {
+				b = slices.Grow(b, want-len(b))
 			}
 		}
 		shown++
@@ -209,34 +179,7 @@ func renderServices(svcs []gather.Service, errs []serviceError, budget int) (lis
 	if shown == 0 {
 		return []byte(empty), 0, nil
 	}
-	b.WriteString(end)
-	return b.Bytes(), shown, nil
-}
-
-func timeOrNil(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	t = t.UTC()
-	return &t
-}
-
-// finiteFields returns fields, or a copy with non-finite floats (which JSON
-// cannot carry) as null.
-func finiteFields(fields map[string]any) map[string]any {
-	for _, v := range fields {
-		if f, ok := v.(float64); ok && (math.IsNaN(f) || math.IsInf(f, 0)) {
-			out := make(map[string]any, len(fields))
-			for k, v := range fields {
-				if f, ok := v.(float64); ok && (math.IsNaN(f) || math.IsInf(f, 0)) {
-					v = nil
-				}
-				out[k] = v
-			}
-			return out
-		}
-	}
-	return fields
+	return append(b, end...), shown, nil
 }
 
 // appendHealth appends the "healthy" and "health" members at now.
@@ -251,37 +194,4 @@ func appendHealth(b []byte, sn *snapshot, now time.Time) []byte {
 	b = append(b, ",\n  \"health\": "...)
 	b = appendJSONString(b, msg)
 	return append(b, ",\n"...)
-}
-
-// appendJSONString appends s as encoding/json writes it (HTML-safe
-// escaping) for valid UTF-8, which the health messages are.
-func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c == '\n':
-			b = append(b, '\\', 'n')
-		case c == '\r':
-			b = append(b, '\\', 'r')
-		case c == '\t':
-			b = append(b, '\\', 't')
-		case c == '\b':
-			b = append(b, '\\', 'b')
-		case c == '\f':
-			b = append(b, '\\', 'f')
-		case c < 0x20 || c == '<' || c == '>' || c == '&':
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		case c == 0xe2 && i+2 < len(s) && s[i+1] == 0x80 && (s[i+2] == 0xa8 || s[i+2] == 0xa9):
-			// U+2028, U+2029
-			b = append(b, '\\', 'u', '2', '0', '2', hex[s[i+2]&0xf])
-			i += 2
-		default:
-			b = append(b, c)
-		}
-	}
-	return append(b, '"')
 }

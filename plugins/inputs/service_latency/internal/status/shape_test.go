@@ -183,19 +183,6 @@ func TestDocumentBytesMatchToday(t *testing.T) {
 	require.Equal(t, int64(2), s.renders.Load(), "one render per report read")
 }
 
-// appendJSONString escapes as encoding/json does.
-func TestAppendJSONString(t *testing.T) {
-	for _, s := range []string{
-		"ok: the last gather ended 1.5s ago (gather interval 10s)",
-		"late: the last gather ended 2m1s ago, more than 2 × the gather interval (1m0s)",
-		"q\"b\\s/<>&\n\r\t\b\f\x01\x1f\u2028\u2029é",
-	} {
-		want, err := json.Marshal(s)
-		require.NoError(t, err)
-		require.Equal(t, string(want), string(appendJSONString(nil, s)))
-	}
-}
-
 // A field JSON cannot carry is a 500, not a broken document.
 func TestRenderError(t *testing.T) {
 	s, _ := startServer(t, Settings{})
@@ -252,5 +239,15 @@ func TestBodyLimit(t *testing.T) {
 			}
 			require.Equal(t, int64(1), doc.Gathers)
 		})
+	}
+}
+
+// BenchmarkLegacyRequest: what today's handler did on every request
+// (MarshalIndent of the whole document), for 2,000 services.
+func BenchmarkLegacyRequest(b *testing.B) {
+	r := report(t0, synthServices(2000, t0)...)
+	b.ReportAllocs()
+	for b.Loop() {
+		legacyBody(b, true, "ok", 1, r, "", nil)
 	}
 }

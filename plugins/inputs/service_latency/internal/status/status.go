@@ -31,8 +31,12 @@
 //     more gets 503 with "Retry-After: 1" at once instead of queueing.
 //     /healthz and / are small and constant-size and are not counted, so
 //     a busy /status never makes a health check fail.
+//   - The services are written by a hand-written encoder that produces
+//     encoding/json's bytes (tested against it): a render of 2,000
+//     services takes ~15 ms and 65 allocations where MarshalIndent took
+//     ~70 ms and 156,000 (and today's handler paid that per request).
 //   - The body is at most MaxBodyBytes. A document that would be larger
-//     lists the services (in config order) that fit and says so with
+//     lists the first services, in config order, that fit and says so with
 //     "services_truncated": true and "services_total": <all services>,
 //     written before "services"; both keys are absent otherwise. (Paging
 //     comes later.)
@@ -347,24 +351,21 @@ func (s *Server) reference() time.Duration {
 // until it fails again, and loses it once it is no longer in a report.
 // s.pmu is held.
 func (s *Server) bookkeep(r *gather.Report) []serviceError {
-	if len(s.lastErr) == 0 {
-		failed := false
-		for i := range r.Services {
-			if r.Services[i].Error != "" {
-				failed = true
-				break
-			}
+	failed := 0
+	for i := range r.Services {
+		if r.Services[i].Error != "" {
+			failed++
 		}
-		if !failed {
-			return nil // nothing on record, nothing to record
-		}
-		if s.lastErr == nil {
-			s.lastErr = make(map[string]lastError)
-		}
+	}
+	if failed == 0 && len(s.lastErr) == 0 {
+		return nil // nothing on record, nothing to record
+	}
+	if s.lastErr == nil {
+		s.lastErr = make(map[string]lastError)
 	}
 	s.gen++
 	at := r.Start.UTC()
-	var out []serviceError
+	out := make([]serviceError, 0, min(len(r.Services), failed+len(s.lastErr)))
 	for i := range r.Services {
 		sv := &r.Services[i]
 		e, ok := s.lastErr[sv.Name]
