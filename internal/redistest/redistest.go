@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -221,4 +222,122 @@ func (s *Server) Client() *redis.Client {
 	})
 	s.tb.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// PauseWrites makes the server hold every write command (scripts
+// included) of every client for d, while it keeps answering reads and
+// PING: a Redis that is slow but reachable (CLIENT PAUSE d WRITE).
+func (s *Server) PauseWrites(d time.Duration) {
+	s.tb.Helper()
+	c := s.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Do(ctx, "CLIENT", "PAUSE", strconv.FormatInt(d.Milliseconds(), 10), "WRITE").Err(); err != nil {
+		s.tb.Fatalf("redis CLIENT PAUSE: %v", err)
+	}
+	_ = c.Close()
+}
+
+// Proxy is a loopback TCP proxy in front of a server whose replies can be
+// held back for a while: the commands reach the server (and are applied)
+// at once, the client sees the replies late, as behind a congested link.
+type Proxy struct {
+	ln       net.Listener
+	upstream string
+	until    atomic.Int64 // unix ns: replies wait until then
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	closed   bool
+	conns    map[net.Conn]struct{}
+}
+
+// StartProxy starts a proxy on a free 127.0.0.1 port in front of addr
+// (a loopback address) and stops it when the test ends.
+func StartProxy(tb testing.TB, addr string) *Proxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("proxy: %v", err)
+	}
+	p := &Proxy{ln: ln, upstream: addr, conns: make(map[net.Conn]struct{})}
+	p.wg.Add(1)
+	go p.accept()
+	tb.Cleanup(p.Close)
+	return p
+}
+
+// Addr returns the proxy's host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// DelayReplies holds every reply back until d from now.
+func (p *Proxy) DelayReplies(d time.Duration) { p.until.Store(time.Now().Add(d).UnixNano()) }
+
+// Close stops the proxy and closes its connections.
+func (p *Proxy) Close() {
+	_ = p.ln.Close()
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+func (p *Proxy) track(c net.Conn, add bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		if p.closed {
+			_ = c.Close()
+			return
+		}
+		p.conns[c] = struct{}{}
+	} else {
+		delete(p.conns, c)
+	}
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.DialTimeout("tcp", p.upstream, time.Second)
+		if err != nil {
+			_ = client.Close()
+			continue
+		}
+		p.track(client, true)
+		p.track(server, true)
+		p.wg.Add(2)
+		pipe := func(dst, src net.Conn, delay bool) {
+			defer p.wg.Done()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := src.Read(buf)
+				if n > 0 {
+					if delay {
+						if wait := time.Until(time.Unix(0, p.until.Load())); wait > 0 {
+							time.Sleep(wait)
+						}
+					}
+					if _, werr := dst.Write(buf[:n]); werr != nil {
+						break
+					}
+				}
+				if err != nil {
+					break
+				}
+			}
+			_ = dst.Close()
+			_ = src.Close()
+			p.track(dst, false)
+			p.track(src, false)
+		}
+		go pipe(server, client, false)
+		go pipe(client, server, true)
+	}
 }

@@ -125,8 +125,12 @@ type Redis struct {
 	mapping string
 	now     func() time.Time
 
-	mu         sync.Mutex
-	closed     bool
+	mu     sync.Mutex
+	closed bool
+	// scriptLoaded: SCRIPT LOAD succeeded once.
+	scriptLoaded bool
+	// perService estimates a chunk's round trip per service, in seconds.
+	perService float64
 	seq        int64
 	queue      []pending
 	local      map[string]*stats.State
@@ -309,6 +313,7 @@ type batch struct {
 	// observed is true when the service is observed by this Update (its
 	// warning is then the Entry's, else it is logged here).
 	observed bool
+	args     []interface{}
 	cmd      *redis.Cmd
 	out      *outcome // nil: not attempted
 }
@@ -481,10 +486,11 @@ func (r *Redis) writeLocked(ctx context.Context, batches []*batch) (*chunkFailur
 	var replayed int64
 	var soft *chunkFailure // services that failed in a chunk that was written
 	client := r.clientLocked()
-	maxEntries := 8 * r.opts.ChunkSize
 	for start := 0; start < len(batches); {
+		size := r.chunkSizeLocked()
+		maxEntries := 8 * size
 		end, n := start, 0
-		for end < len(batches) && end-start < r.opts.ChunkSize && (end == start || n+len(batches[end].entries) <= maxEntries) {
+		for end < len(batches) && end-start < size && (end == start || n+len(batches[end].entries) <= maxEntries) {
 			n += len(batches[end].entries)
 			end++
 		}
@@ -493,7 +499,17 @@ func (r *Redis) writeLocked(ctx context.Context, batches []*batch) (*chunkFailur
 		if err := ctx.Err(); err != nil {
 			return &chunkFailure{kind: failOther, services: len(chunk), err: err}, replayed
 		}
+		if !r.scriptLoaded {
+			// Load the script once up front rather than have the first
+			// chunk fail with NOSCRIPT and go again within its deadline
+			// (after a Redis restart that fallback still does it).
+			lctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+			r.scriptLoaded = redisScript.Load(lctx, client).Err() == nil
+			cancel()
+		}
+		began := time.Now()
 		err := r.writeChunk(ctx, client, chunk)
+		r.observeChunkLocked(len(chunk), time.Since(began), err)
 		var failed int
 		var firstErr error
 		for _, b := range chunk {
@@ -526,20 +542,57 @@ func (r *Redis) writeLocked(ctx context.Context, batches []*batch) (*chunkFailur
 	return soft, replayed
 }
 
+// Chunk sizing. A chunk is at most ChunkSize services, and fewer when the
+// round trips measured so far say it would not end within a quarter of
+// the timeout: a slow link, a loaded Redis or a busy agent shrink the
+// chunks before they miss their deadline, and a missed deadline shrinks
+// them at once (the chunk's time is at least the timeout).
+const (
+	minChunkSize   = 10
+	firstChunkSize = 100 // until a round trip has been measured
+)
+
+func (r *Redis) chunkSizeLocked() int {
+	if r.perService <= 0 {
+		return min(firstChunkSize, r.opts.ChunkSize)
+	}
+	n := int(r.opts.Timeout.Seconds() / 4 / r.perService)
+	return max(min(n, r.opts.ChunkSize), min(minChunkSize, r.opts.ChunkSize))
+}
+
+// observeChunkLocked folds one round trip into the per-service estimate
+// (an EWMA that rises at once and decays slowly).
+func (r *Redis) observeChunkLocked(services int, took time.Duration, err error) {
+	if services == 0 || (err != nil && !isTimeout(err)) {
+		return
+	}
+	x := took.Seconds() / float64(services)
+	switch {
+	case r.perService <= 0 || x > r.perService:
+		r.perService = x
+	default:
+		r.perService += (x - r.perService) / 8
+	}
+}
+
 // writeChunk runs one chunk's script calls in one pipeline under its own
 // deadline. A service whose reply was read is written, whatever happened
 // to the replies after it. It returns the error of the round trip (nil
 // when every service got a reply; a script error on one service's keys is
 // that service's outcome, not the chunk's).
-func (r *Redis) writeChunk(ctx context.Context, client redis.UniversalClient, chunk []*batch) error {
-	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
-	defer cancel()
+func (r *Redis) writeChunk(parent context.Context, client redis.UniversalClient, chunk []*batch) error {
 	todo := chunk
+	for _, b := range todo {
+		b.args = r.args(b)
+	}
+	// The deadline starts with the round trip.
+	ctx, cancel := context.WithTimeout(parent, r.opts.Timeout)
+	defer cancel()
 	var chunkErr error
 	for attempt := 0; len(todo) > 0 && attempt < 2; attempt++ {
 		pipe := client.Pipeline()
 		for _, b := range todo {
-			b.cmd = redisScript.EvalSha(ctx, pipe, r.keys(b.service), r.args(b)...)
+			b.cmd = redisScript.EvalSha(ctx, pipe, r.keys(b.service), b.args...)
 		}
 		_, execErr := pipe.Exec(ctx)
 		var noscript []*batch
@@ -773,10 +826,19 @@ func (r *Redis) bucketThresholds(key string, bounds []float64) string {
 // kept as the agent's local state.
 func (r *Redis) decodeOutcome(b *batch, v interface{}) *outcome {
 	delete(r.forceReset, b.service)
-	st := r.local[b.service]
-	if st == nil {
+	// The merged state becomes the agent's local state when it holds this
+	// Update's observation. A replay-only call (the service's newer
+	// observations are still queued) must not replace it: the local state
+	// already holds those newer observations.
+	var st *stats.State
+	if b.observed {
+		st = r.local[b.service]
+		if st == nil {
+			st = stats.NewState(b.params)
+			r.local[b.service] = st
+		}
+	} else {
 		st = stats.NewState(b.params)
-		r.local[b.service] = st
 	}
 	keys := r.keys(b.service)
 	status, key, reason, err := decodeReply(v, st, b.params)
@@ -785,7 +847,9 @@ func (r *Redis) decodeOutcome(b *batch, v interface{}) *outcome {
 		// accepted it: rewrite the service's keys at the next write and
 		// fall back to the current sample now.
 		r.forceReset[b.service] = true
-		delete(r.local, b.service)
+		if b.observed {
+			delete(r.local, b.service)
+		}
 		return &outcome{err: fmt.Errorf("state of service %q in Redis (%s) is malformed: %w", b.service, keys[0], err)}
 	}
 	out := &outcome{state: st}
