@@ -9,11 +9,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/influxdata/telegraf"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 )
 
 // File is the memory store persisted to a state file, so that the state
@@ -21,7 +24,8 @@ import (
 // restarts the execd process).
 //
 // The file is read at the first Update (or Export/Import), never in the
-// constructor: a missing file is a fresh start. It is written after every
+// constructor: a missing file is a fresh start. A state file that is a
+// symbolic link is read and replaced where it points: the link stays. It is written after every
 // Update and on Close, atomically: a temporary file in the same directory
 // is written and fsynced, renamed over the state file, and the directory
 // is fsynced, so a crash leaves either the old or the new file.
@@ -46,12 +50,100 @@ type File struct {
 	saveErrs int64
 }
 
-// NewFile returns a memory store persisted to path. It does no I/O.
-func NewFile(path string, log telegraf.Logger) *File {
+// NewFile returns a memory store persisted to path. It checks the path
+// (CheckStateFile) and removes the temporary files a killed process left
+// beside the state file; it does not read the file.
+func NewFile(path string, log telegraf.Logger) (*File, error) {
 	if log == nil {
 		log = NopLogger{}
 	}
-	return &File{mem: NewMemory(), path: path, log: log, now: time.Now}
+	if err := CheckStateFile(path); err != nil {
+		return nil, err
+	}
+	f := &File{mem: NewMemory(), path: path, log: log, now: time.Now}
+	f.removeStaleTemps()
+	return f, nil
+}
+
+// CheckStateFile reports a state_file path that cannot work: a directory,
+// or a file whose directory does not exist. A symbolic link is checked
+// where it points. The error is a *keyerr.Error with Key "state_file".
+func CheckStateFile(path string) error {
+	if path == "" {
+		return keyerr.New("state_file", errors.New("empty path"))
+	}
+	target := resolveLink(path)
+	if fi, err := os.Stat(target); err == nil && fi.IsDir() {
+		return keyerr.Errorf("state_file", "%s is a directory; name a file in it", path)
+	}
+	dir := filepath.Dir(target)
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return keyerr.Errorf("state_file", "the directory of %s (%s) does not exist", path, dir)
+	case err != nil:
+		return keyerr.Errorf("state_file", "the directory of %s: %v", path, err)
+	case !fi.IsDir():
+		return keyerr.Errorf("state_file", "the directory of %s (%s) is not a directory", path, dir)
+	}
+	return nil
+}
+
+// resolveLink returns where path points when it is a symbolic link
+// (followed to the end, even when the final target does not exist yet),
+// else path: the state file is read, kept aside and replaced there, so
+// the link stays a link.
+func resolveLink(path string) string {
+	for range 40 {
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			return path
+		}
+		if t, err := filepath.EvalSymlinks(path); err == nil {
+			return t
+		}
+		dest, err := os.Readlink(path) // dangling: one step at a time
+		if err != nil {
+			return path
+		}
+		if !filepath.IsAbs(dest) {
+			dest = filepath.Join(filepath.Dir(path), dest)
+		}
+		path = dest
+	}
+	return path
+}
+
+// tempPrefix is how the temporary files of a save of target begin; the
+// rest of the name is os.CreateTemp's random decimal number.
+func tempPrefix(target string) string { return "." + filepath.Base(target) + ".tmp-" }
+
+// removeStaleTemps removes the temporary files of saves that never
+// finished (a kill -9 between create and rename): only names of exactly
+// our pattern, only regular files, only beside the state file (and beside
+// the link's target when the state file is a link).
+func (f *File) removeStaleTemps() {
+	dirs := map[string]string{f.path: filepath.Dir(f.path)}
+	if t := resolveLink(f.path); t != f.path {
+		dirs[t] = filepath.Dir(t)
+	}
+	for target, dir := range dirs {
+		prefix := tempPrefix(target)
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			name := e.Name()
+			rest, ok := strings.CutPrefix(name, prefix)
+			if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" || !e.Type().IsRegular() {
+				continue
+			}
+			if err := os.Remove(filepath.Join(dir, name)); err == nil {
+				f.log.Infof("state file %s: removed %s, left by a save that did not finish", f.path, filepath.Join(dir, name))
+			}
+		}
+	}
 }
 
 // Health implements Store: failed saves are WriteErrors.
@@ -117,7 +209,7 @@ func (f *File) loadLocked() {
 		return
 	}
 	f.loaded = true
-	data, err := os.ReadFile(f.path)
+	data, err := os.ReadFile(resolveLink(f.path))
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		f.log.Debugf("state file %s does not exist yet: starting with a fresh state", f.path)
 		return
@@ -146,14 +238,15 @@ func (f *File) loadLocked() {
 // keepAside moves (whole = true) or copies the state file to
 // <file>.corrupt-<timestamp> and warns. It never overwrites a file.
 func (f *File) keepAside(why error, whole bool) {
-	aside, err := f.asideName()
+	target := resolveLink(f.path) // the file, not the link to it
+	aside, err := f.asideName(target)
 	if err == nil {
-		err = os.Link(f.path, aside) // fails rather than overwrite
+		err = os.Link(target, aside) // fails rather than overwrite
 		if err != nil && !errors.Is(err, fs.ErrExist) {
-			err = copyExclusive(f.path, aside)
+			err = copyExclusive(target, aside)
 		}
 		if err == nil && whole {
-			err = os.Remove(f.path)
+			err = os.Remove(target)
 		}
 	}
 	switch {
@@ -169,8 +262,8 @@ func (f *File) keepAside(why error, whole bool) {
 	}
 }
 
-func (f *File) asideName() (string, error) {
-	base := f.path + ".corrupt-" + f.now().UTC().Format("20060102T150405.000000000Z")
+func (f *File) asideName(target string) (string, error) {
+	base := target + ".corrupt-" + f.now().UTC().Format("20060102T150405.000000000Z")
 	name := base
 	for i := 1; ; i++ {
 		if _, err := os.Lstat(name); errors.Is(err, fs.ErrNotExist) {
@@ -189,19 +282,26 @@ func copyExclusive(src, dst string) error {
 		return err
 	}
 	defer in.Close()
+	if fi, err := in.Stat(); err != nil {
+		return err
+	} else if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", src)
+	}
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
 	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
+	if cerr := out.Close(); err == nil {
+		err = cerr
 	}
-	return out.Close()
+	if err != nil {
+		os.Remove(dst) // no empty or partial copy left behind
+	}
+	return err
 }
 
 // saveLocked saves and warns on failure (at most once a minute); the
@@ -227,14 +327,15 @@ func (f *File) save() error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(f.path, data)
+	return writeAtomic(resolveLink(f.path), data)
 }
 
 // writeAtomic writes data to path through a temporary file in the same
-// directory: write, fsync, rename, fsync the directory.
+// directory: write, fsync, rename, fsync the directory. path is the
+// file itself (a link's target): the rename replaces it, not a link.
 func writeAtomic(path string, data []byte) (err error) {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	tmp, err := os.CreateTemp(dir, tempPrefix(path)+"*")
 	if err != nil {
 		return err
 	}

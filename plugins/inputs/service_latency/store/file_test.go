@@ -18,7 +18,9 @@ import (
 func newFile(t *testing.T, path string) (*File, *testutil.CaptureLogger) {
 	t.Helper()
 	log := &testutil.CaptureLogger{}
-	return NewFile(path, log), log
+	f, err := NewFile(path, log)
+	require.NoError(t, err)
+	return f, log
 }
 
 func twoObs(latA, latB float64, okB bool) []Observation {
@@ -197,10 +199,12 @@ func TestFileNeverUsedDoesNotOverwrite(t *testing.T) {
 }
 
 func TestFileSaveFailureIsWarnedAndTheGatherGoesOn(t *testing.T) {
-	// a parent that is a file (directory permissions would not stop root)
-	parent := filepath.Join(t.TempDir(), "file")
-	require.NoError(t, os.WriteFile(parent, nil, 0o600))
+	// a directory that disappears after the start (directory permissions
+	// would not stop root)
+	parent := filepath.Join(t.TempDir(), "gone")
+	require.NoError(t, os.Mkdir(parent, 0o755))
 	f, log := newFile(t, filepath.Join(parent, "state.json"))
+	require.NoError(t, os.Remove(parent))
 	for i := range 3 {
 		res, err := f.Update(context.Background(), time.Now(), twoObs(0.01, 0.02, true))
 		require.NoError(t, err)

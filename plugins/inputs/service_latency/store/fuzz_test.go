@@ -38,7 +38,10 @@ func FuzzStateFile(f *testing.F) {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		fs := NewFile(path, fuzzQuietLogger{})
+		fs, err := NewFile(path, fuzzQuietLogger{})
+		if err != nil {
+			t.Fatalf("NewFile: %v", err)
+		}
 		loaded := fs.Export() // loads the file (and does not write it)
 
 		// observe every service the file named, and one it did not
