@@ -61,7 +61,7 @@ BENCH_FLAGS ?=
 bench: deps build
 	$(GO) build -o $(BIN)/latency_bench ./benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -timeout 30m \
-	  ./plugins/inputs/service_latency/stats/ ./plugins/inputs/service_latency/ ./benchmarks/ \
+	  ./plugins/inputs/service_latency/stats/ ./plugins/inputs/service_latency/internal/gather/ ./benchmarks/ \
 	  > $(BIN)/micro.txt || { cat $(BIN)/micro.txt; exit 1; }
 	$(BIN)/latency_bench -target $(BIN)/latency_target -micro $(BIN)/micro.txt -out BENCHMARKS.md $(BENCH_FLAGS)
 
@@ -92,7 +92,7 @@ fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
 lint:
-	@out=$$(gofmt -l cmd plugins benchmarks); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd plugins benchmarks internal); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 clean:

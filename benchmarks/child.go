@@ -31,6 +31,7 @@ import (
 	"github.com/influxdata/telegraf/plugins/inputs/http_response"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency"
+	slconfig "github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
 )
 
@@ -221,11 +222,16 @@ func oursConfig(sp *spec) []byte {
 }
 
 func newOurs(sp *spec) (*ours, error) {
-	p, err := service_latency.ParseConfig(oursConfig(sp))
+	f, err := slconfig.Parse(oursConfig(sp))
 	if err != nil {
 		return nil, err
 	}
+	p := service_latency.New()
+	p.Config = f.Config
 	p.Log = store.NopLogger{}
+	if err := p.Init(); err != nil {
+		return nil, f.Locate(err)
+	}
 	return &ours{p: p}, nil
 }
 

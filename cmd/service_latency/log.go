@@ -41,7 +41,7 @@ func (l *levelLogger) print(level telegraf.LogLevel, msg string) {
 	msg = strings.ReplaceAll(strings.TrimRight(msg, "\n"), "\n", " | ")
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	fmt.Fprintf(l.w, "%s %s%s\n", level.Indicator(), l.attrs, msg)
+	fmt.Fprintf(l.w, "%s\n", cutLine(level.Indicator()+" "+l.attrs+msg))
 }
 
 func (l *levelLogger) Errorf(format string, args ...interface{}) {

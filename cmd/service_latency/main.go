@@ -7,12 +7,15 @@
 //
 // It fixes the traps of Telegraf's shim: the config is decoded strictly
 // (unknown keys are errors with their line), log lines carry Telegraf's
-// level prefix and are not kept in memory, SIGHUP re-reads the config
-// instead of killing the process, and stdin EOF or SIGTERM end it with
-// exit status 0 after the state has been saved.
+// level prefix, are bounded and never block, SIGHUP re-reads the config
+// instead of killing the process, and stdin EOF, SIGTERM or SIGINT cancel
+// the probes in flight and end it with exit status 0 after the state has
+// been saved.
 package main
 
 import (
+	"bufio"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,6 +32,7 @@ import (
 	"github.com/influxdata/telegraf/plugins/common/shim"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
 )
 
@@ -38,13 +42,24 @@ var (
 	commit  = ""
 )
 
+// hup receives SIGHUP from the moment package main initializes: Go's
+// default would kill the process (a reload sent while a large config is
+// still loading included); a signal that arrives before the plugin runs
+// waits in the channel.
+var hup = make(chan os.Signal, 1)
+
+func init() { signal.Notify(hup, syscall.SIGHUP) }
+
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	flush := redirectStderr()
+	code := run(os.Args[1:], os.Stdout, os.Stderr, hup)
+	flush()
+	os.Exit(code)
 }
 
 // run is main without os.Exit. The shim itself always talks to the
 // process's stdin and stdout.
-func run(args []string, stdout, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer, hup chan os.Signal) int {
 	fs := flag.NewFlagSet("service_latency", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configFile := fs.String("config", "", "path to the plugin's config file (one [[inputs.service_latency]] table)")
@@ -78,33 +93,46 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Errorf("no config file: run with -config /path/to/service_latency.conf")
 		return 2
 	}
+	if !*pollDisabled && !*once && *pollInterval <= 0 {
+		log.Errorf("-poll_interval %s: must be positive (or use -poll_interval_disabled to gather on stdin newlines)", *pollInterval)
+		return 2
+	}
 	probe.UserAgent = "service_latency/" + version
-	service_latency.Version, service_latency.Commit = version, buildCommit()
-	plugin, err := service_latency.LoadConfigFile(*configFile)
+	service_latency.SetBuildInfo(version, buildCommit())
+	plugin, err := load(*configFile, log)
 	if err != nil {
 		log.Errorf("config: %v", err)
 		return 1
 	}
-	models.SetLoggerOnPlugin(plugin, log)
 
 	if *once {
 		return gatherOnce(plugin, stdout, log)
 	}
 
-	// SIGHUP re-reads the config; Go's default for it would kill us and
-	// execd would restart us 10 s later with all state gone.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	go func() {
 		for range hup {
 			reload(plugin, *configFile, log)
 		}
 	}()
+	// SIGTERM and SIGINT (the shim stops on them too, but only after the
+	// gather in progress) and stdin EOF cancel the probes in flight.
+	quit := make(chan os.Signal, 1)
+	signal.Notify(quit, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(quit)
+	go func() {
+		for range quit {
+			plugin.Interrupt()
+		}
+	}()
+	if err := watchStdin(plugin.Interrupt); err != nil {
+		log.Errorf("%v", err)
+		return 1
+	}
 
 	s := shim.New()
-	// Not s.AddInput: it would replace our logger with the shim's and run
-	// Init a second time. Init has run in LoadConfigFile.
+	// Not s.AddInput: it would replace our logger with the shim's, which
+	// writes timestamps before the level so execd could not read it. The
+	// logger is set before Init as AddInput would; Init ran in load.
 	s.Input = plugin
 	interval := *pollInterval
 	if *pollDisabled {
@@ -118,17 +146,62 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// load reads and compiles the config file and initializes the plugin with
+// our logger; every error names the file and the line.
+func load(path string, log telegraf.Logger) (*service_latency.ServiceLatency, error) {
+	f, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	plugin := service_latency.New()
+	plugin.Config = f.Config
+	models.SetLoggerOnPlugin(plugin, log)
+	if err := plugin.Init(); err != nil {
+		return nil, f.Locate(err)
+	}
+	return plugin, nil
+}
+
+// watchStdin puts a pipe in front of the shim's stdin: newlines pass
+// through, and EOF on the real stdin (Telegraf stopping) also cancels the
+// probes in flight. It must run before shim.New, which takes os.Stdin.
+func watchStdin(onEOF func()) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("stdin: %w", err)
+	}
+	in := os.Stdin
+	os.Stdin = r
+	go func() {
+		br := bufio.NewReader(in)
+		for {
+			b, err := br.ReadByte()
+			if err != nil {
+				onEOF()
+				w.Close()
+				return
+			}
+			if b == '\n' {
+				if _, err := w.Write([]byte{'\n'}); err != nil && !errors.Is(err, os.ErrClosed) {
+					return
+				}
+			}
+		}
+	}()
+	return nil
+}
+
 // reload re-reads the config file; a valid one replaces the running
 // config (the state of every service whose name remains is kept), an
 // invalid one is refused and the old config keeps running.
 func reload(plugin *service_latency.ServiceLatency, path string, log telegraf.Logger) {
-	next, err := service_latency.LoadConfigFile(path)
-	if err != nil {
-		log.Errorf("SIGHUP: config not reloaded, the previous one keeps running: %v", err)
-		return
+	f, err := config.Load(path)
+	if err == nil {
+		if err = plugin.Reconfigure(&f.Config); err != nil {
+			err = f.Locate(err)
+		}
 	}
-	models.SetLoggerOnPlugin(next, log)
-	if err := plugin.Reconfigure(next); err != nil {
+	if err != nil {
 		log.Errorf("SIGHUP: config not reloaded, the previous one keeps running: %v", err)
 		return
 	}

@@ -3,6 +3,7 @@ package service_latency
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -69,7 +70,7 @@ func TestConfigEnvExpansion(t *testing.T) {
 	require.Contains(t, err.Error(), "body_regex")
 	p, err = ParseConfig([]byte("[[inputs.service_latency]]\n[[inputs.service_latency.service]]\n  name = \"a\"\n  url = \"tcp://${SL_TEST_HOST}\"\n"))
 	require.NoError(t, err)
-	require.Equal(t, "tcp://127.0.0.1:9", p.targets[0].server)
+	require.Equal(t, "tcp://127.0.0.1:9", p.targets()[0].Server)
 	p.Stop()
 }
 
@@ -85,19 +86,86 @@ func TestReconfigureKeepsStateOfRemainingServices(t *testing.T) {
 `))
 	gather(t, p)
 	gather(t, p)
-	next, err := ParseConfig([]byte(conf(`
+	next := decodeConfig(t, conf(`
 [[inputs.service_latency.service]]
   name = "keep"
-  url = "` + srv.URL + `/moved"
+  url = "`+srv.URL+`/moved"
 [[inputs.service_latency.service]]
   name = "new"
-  url = "` + srv.URL + `/c"
-`)))
-	require.NoError(t, err)
+  url = "`+srv.URL+`/c"
+`))
 	require.NoError(t, p.Reconfigure(next))
 	ms := gather(t, p)
 	require.Len(t, ms, 2)
 	require.Equal(t, int64(3), field[int64](t, ms["keep"], "latency_count"))
 	require.Equal(t, int64(1), field[int64](t, ms["new"], "latency_count"))
-	require.Nil(t, p.memStore.State("drop"))
+	require.Nil(t, dumpEntry(t, p, "drop"))
+}
+
+// Each config mistake found trying the plugin as a user would is refused at
+// load with the file, the line and the key — never silently accepted, and
+// never with a credential in the message.
+func TestConfigErrorsFoundByUsers(t *testing.T) {
+	const svc = "[[inputs.service_latency.service]]\n  name = \"api\"\n  url = \"http://127.0.0.1:1/\"\n"
+	long := strings.Repeat("n", 70_000)
+	cases := []struct {
+		name, conf string
+		want       []string
+		never      []string
+	}{
+		{"missing env var", "[[inputs.service_latency]]\n[[inputs.service_latency.service]]\n  url = \"http://127.0.0.1:${SL_SURELY_MISSING_PORT}/a\"\n",
+			[]string{":3: ", "url", "SL_SURELY_MISSING_PORT", "not set"}, nil},
+		{"mixed percentiles", "[[inputs.service_latency]]\n  percentiles = [50.0, 100]\n" + svc, []string{":2: ", "percentiles"}, nil},
+		{"bad size unit", "[[inputs.service_latency]]\n" + svc + "  max_body_size = \"1XB\"\n", []string{":5: ", "max_body_size"}, nil},
+		{"tag of the wrong type", "[[inputs.service_latency]]\n" + svc + "  tags = { a = 1 }\n", []string{":5: ", "tags"}, nil},
+		{"unknown redis key", "[[inputs.service_latency]]\n  state = \"redis\"\n[inputs.service_latency.redis]\n  address = \"127.0.0.1:6379\"\n  adress = \"x\"\n" + svc,
+			[]string{":5: ", `unknown key "adress"`, "[inputs.service_latency.redis]"}, []string{"RedisConfig"}},
+		{"redis url with a password", "[[inputs.service_latency]]\n  state = \"redis\"\n[inputs.service_latency.redis]\n  url = \"redis://u:SECRETR5@[::1:1/0\"\n" + svc,
+			[]string{":4: ", "redis.url"}, []string{"SECRETR5"}},
+		{"redis url with bad userinfo", "[[inputs.service_latency]]\n  state = \"redis\"\n[inputs.service_latency.redis]\n  url = \"redis://u:SECRET%zz@127.0.0.1:6379/0\"\n" + svc,
+			[]string{":4: ", "redis.url"}, []string{"SECRET"}},
+		{"redis address with a password", "[[inputs.service_latency]]\n  state = \"redis\"\n[inputs.service_latency.redis]\n  address = \"u:SECRETA1@127.0.0.1:16379\"\n" + svc,
+			[]string{":4: ", "redis.address"}, []string{"SECRETA1"}},
+		{"secret store reference", "[[inputs.service_latency]]\n" + svc + "  bearer_token = \"@{vault:token}\"\n",
+			[]string{":5: ", `service "api"`, "bearer_token", "secret store"}, nil},
+		{"redis secret store reference", "[[inputs.service_latency]]\n  state = \"redis\"\n[inputs.service_latency.redis]\n  address = \"127.0.0.1:6379\"\n  password = \"@{vault:redis}\"\n" + svc,
+			[]string{":5: ", "redis.password", "secret store"}, nil},
+		{"name too long", "[[inputs.service_latency]]\n[[inputs.service_latency.service]]\n  name = \"" + long + "\"\n  url = \"http://127.0.0.1:1/\"\n",
+			[]string{":3: ", "name", "limit"}, nil},
+		{"tag value too long", "[[inputs.service_latency]]\n" + svc + "  tags = { team = \"" + long + "\" }\n", []string{":5: ", "tags", "limit"}, nil},
+		{"name ending in a backslash", "[[inputs.service_latency]]\n[[inputs.service_latency.service]]\n  name = 'x\\'\n  url = \"http://127.0.0.1:1/\"\n",
+			[]string{":3: ", "name", "backslash"}, nil},
+		{"tag ending in a backslash", "[[inputs.service_latency]]\n" + svc + "  tags = { team = 'a\\' }\n", []string{":5: ", "tags", "backslash"}, nil},
+		{"state file is a directory", "[[inputs.service_latency]]\n  state_file = \"" + t.TempDir() + "\"\n" + svc, []string{":2: ", "state_file", "directory"}, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "sl.conf")
+			require.NoError(t, os.WriteFile(path, []byte(tc.conf), 0o600))
+			p, err := LoadConfigFile(path)
+			require.Error(t, err)
+			require.Nil(t, p)
+			msg := err.Error()
+			require.Contains(t, msg, path+":", "the error names the file")
+			for _, w := range tc.want {
+				require.Contains(t, msg, w)
+			}
+			for _, n := range tc.never {
+				require.NotContains(t, msg, n)
+			}
+			require.NotContains(t, msg, "\n", "one line")
+			require.Less(t, len(msg), 2048, "bounded")
+		})
+	}
+}
+
+// What users write that must simply work: integer percentiles, a UTF-8
+// byte order mark (Telegraf strips it too), an env var set to "".
+func TestConfigAcceptedAsUsersWriteIt(t *testing.T) {
+	t.Setenv("SL_EMPTY", "")
+	p, err := ParseConfig([]byte("\xef\xbb\xbf[[inputs.service_latency]]\n  percentiles = [50, 95, 99]\n[[inputs.service_latency.service]]\n  name = \"a${SL_EMPTY}\"\n  url = \"tcp://127.0.0.1:9\"\n  # ${SL_ONLY_IN_A_COMMENT}\n"))
+	require.NoError(t, err)
+	defer p.Stop()
+	require.Equal(t, []float64{50, 95, 99}, p.targets()[0].Percentiles)
+	require.Equal(t, "a", p.targets()[0].Name)
 }

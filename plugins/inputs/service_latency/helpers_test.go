@@ -1,6 +1,7 @@
 package service_latency
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,6 +14,10 @@ import (
 	"github.com/influxdata/telegraf"
 	"github.com/influxdata/telegraf/testutil"
 	"github.com/stretchr/testify/require"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
+	engine "github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/gather"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
 )
 
 // delayServer is a real loopback HTTP server whose delay and status can be
@@ -55,16 +60,73 @@ func refusedAddr(t *testing.T) string {
 	return addr
 }
 
-// newPlugin parses a config the way the binary does and gives it a logger.
+// newPlugin parses a config the way the binary does and initializes it
+// with a capturing logger.
 func newPlugin(t *testing.T, conf string) (*ServiceLatency, *testutil.CaptureLogger) {
 	t.Helper()
-	p, err := ParseConfig([]byte(conf))
-	require.NoError(t, err)
 	log := &testutil.CaptureLogger{}
-	p.Log = log
+	p, err := parseConfigLog([]byte(conf), log)
+	require.NoError(t, err)
 	t.Cleanup(p.Stop)
 	return p, log
 }
+
+// ParseConfig loads and initializes a config the way the binary does (a
+// no-op logger); errors carry the line.
+func ParseConfig(data []byte) (*ServiceLatency, error) { return parseConfigLog(data, nopLogger{}) }
+
+func parseConfigLog(data []byte, log telegraf.Logger) (*ServiceLatency, error) {
+	f, err := config.Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	return initLoaded(f, log)
+}
+
+// LoadConfigFile is ParseConfig for a file: errors name it.
+func LoadConfigFile(path string) (*ServiceLatency, error) {
+	f, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	return initLoaded(f, nopLogger{})
+}
+
+func initLoaded(f *config.File, log telegraf.Logger) (*ServiceLatency, error) {
+	p := New()
+	p.Config = f.Config
+	p.Log = log
+	if err := p.Init(); err != nil {
+		return nil, f.Locate(err)
+	}
+	return p, nil
+}
+
+// decodeConfig loads a config without initializing it (a reload's input).
+func decodeConfig(t *testing.T, data string) *config.Config {
+	t.Helper()
+	f, err := config.Parse([]byte(data))
+	require.NoError(t, err)
+	return &f.Config
+}
+
+// dumpEntry returns a service's entry in the plugin's exported state (nil
+// when it has none).
+func dumpEntry(t *testing.T, p *ServiceLatency, name string) map[string]any {
+	t.Helper()
+	d, ok := p.GetState().(*store.Dump)
+	require.True(t, ok)
+	raw, ok := d.Services[name]
+	if !ok {
+		return nil
+	}
+	var e map[string]any
+	require.NoError(t, json.Unmarshal(raw, &e))
+	return e
+}
+
+// targets are the plugin's current targets.
+func (p *ServiceLatency) targets() []*engine.Target { return p.engine.Targets() }
 
 func gather(t *testing.T, p *ServiceLatency) map[string]telegraf.Metric {
 	t.Helper()

@@ -18,6 +18,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
 )
 
 // memguard (behind config.Secret) keeps one global goroutine once a secret
@@ -293,10 +295,9 @@ keep_alive = true
 	}
 	var atWarm uint64
 	for i := 1; i <= 400; i++ {
-		next, err := ParseConfig([]byte(c))
+		next, err := config.Parse([]byte(c))
 		require.NoError(t, err)
-		next.Log = p.Log
-		require.NoError(t, p.Reconfigure(next))
+		require.NoError(t, p.Reconfigure(&next.Config))
 		require.NoError(t, p.Gather(&testutil.NopAccumulator{}))
 		if i == 100 {
 			atWarm = heap()

@@ -2,7 +2,6 @@ package service_latency
 
 import (
 	"fmt"
-	"math"
 	"net/http"
 	"os"
 	"strings"
@@ -14,7 +13,9 @@ import (
 	"github.com/influxdata/telegraf/testutil"
 	"github.com/stretchr/testify/require"
 
+	"encoding/json"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
 )
 
 func TestRunningMeanEqualsArithmeticMean(t *testing.T) {
@@ -116,10 +117,25 @@ func TestMalformedStateFallsBackToCurrentSample(t *testing.T) {
 	for range 3 {
 		gather(t, p)
 	}
+	// corrupt rewrites one key of the service's stored state (through
+	// Telegraf's SetState, as a damaged statefile would).
+	corrupt := func(key, value string) func() {
+		return func() {
+			d, ok := p.GetState().(*store.Dump)
+			require.True(t, ok)
+			var e map[string]json.RawMessage
+			require.NoError(t, json.Unmarshal(d.Services["api"], &e))
+			e[key] = json.RawMessage(value)
+			raw, err := json.Marshal(e)
+			require.NoError(t, err)
+			d.Services["api"] = raw
+			require.NoError(t, p.SetState(d))
+		}
+	}
 	corruptions := map[string]func(){
-		"non-finite mean":    func() { p.memStore.State("api").Mean = math.NaN() },
-		"count out of range": func() { p.memStore.State("api").Count = -5 },
-		"infinite mean":      func() { p.memStore.State("api").Mean = math.Inf(1) },
+		"non-finite mean":    corrupt("mean", "1e999"),
+		"count out of range": corrupt("count", "-5"),
+		"mean not a number":  corrupt("mean", `"x"`),
 	}
 	for name, corrupt := range corruptions {
 		t.Run(name, func(t *testing.T) {

@@ -139,7 +139,7 @@ state_file = "` + path + `"
 	require.Equal(t, int64(4), field[int64](t, m, "latency_count"))
 	require.Equal(t, int64(4), field[int64](t, m, "probes"))
 	require.Empty(t, log.Warnings())
-	require.Equal(t, int64(4), q.memStore.State("api").Count, "the plugin's memory store holds it")
+	require.EqualValues(t, 4, dumpEntry(t, q, "api")["count"], "the plugin's memory store holds it")
 }
 
 func TestStatefulPluginThroughTelegrafsPersister(t *testing.T) {
@@ -174,7 +174,7 @@ func TestStatefulPluginThroughTelegrafsPersister(t *testing.T) {
 	require.NoError(t, per2.Load())
 	m := gather(t, q)["api"]
 	require.Equal(t, int64(5), field[int64](t, m, "latency_count"), "state keyed by name: the new URL keeps it")
-	snap := q.GetState().(*store.Snapshot)
+	snap := q.GetState().(*store.Dump)
 	require.Contains(t, snap.Services, "api")
 	require.NotContains(t, snap.Services, "gone", "a removed service is dropped")
 }
@@ -198,17 +198,13 @@ func TestReconfigureRefusesStoreChanges(t *testing.T) {
 	}
 	for name, extra := range cases {
 		t.Run(name, func(t *testing.T) {
-			next, err := ParseConfig([]byte(base(extra)))
-			require.NoError(t, err)
-			err = p.Reconfigure(next)
+			err := p.Reconfigure(decodeConfig(t, base(extra)))
 			require.Error(t, err)
 			require.Contains(t, err.Error(), "restart")
 		})
 	}
 	// the same store settings reload fine, and the state is kept
-	next, err := ParseConfig([]byte(base(`state_file = "` + filepath.Join(dir, "a") + `"` + "\nwindow = 50")))
-	require.NoError(t, err)
-	require.NoError(t, p.Reconfigure(next))
+	require.NoError(t, p.Reconfigure(decodeConfig(t, base(`state_file = "`+filepath.Join(dir, "a")+`"`+"\nwindow = 50"))))
 	require.Equal(t, int64(2), field[int64](t, gather(t, p)["api"], "latency_count"))
 
 	// secrets are compared too
@@ -216,12 +212,8 @@ func TestReconfigureRefusesStoreChanges(t *testing.T) {
 		return base("state = \"redis\"\n[inputs.service_latency.redis]\n  address = \"127.0.0.1:6379\"\n  password = \"" + pw + "\"")
 	}
 	r, _ := newPlugin(t, redisConf("one"))
-	same, err := ParseConfig([]byte(redisConf("one")))
-	require.NoError(t, err)
-	require.NoError(t, r.Reconfigure(same))
-	other, err := ParseConfig([]byte(redisConf("two")))
-	require.NoError(t, err)
-	err = r.Reconfigure(other)
+	require.NoError(t, r.Reconfigure(decodeConfig(t, redisConf("one"))))
+	err := r.Reconfigure(decodeConfig(t, redisConf("two")))
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "redis.password")
 	require.NotContains(t, err.Error(), "two", "a secret is never shown")
@@ -259,7 +251,8 @@ func TestRedisStateSharedByTwoPlugins(t *testing.T) {
 		require.Equal(t, int64(i+1), field[int64](t, m, "latency_count"))
 		require.InEpsilon(t, sum/float64(i+1), field[float64](t, m, "latency_avg"), 1e-9)
 	}
-	require.Nil(t, a.memStore, "no memory store with Redis")
+	_, local := a.store.(store.Persister)
+	require.False(t, local, "no memory store with Redis")
 }
 
 func TestRedisAuthAndOutageInThePlugin(t *testing.T) {
@@ -351,8 +344,7 @@ func TestSampleStoreKeysDecode(t *testing.T) {
 		out = append(out, line)
 	}
 	require.Greater(t, n, 15, "the sample documents the store keys")
-	p, _, err := DecodeConfig([]byte(strings.Join(out, "\n")))
-	require.NoError(t, err)
+	p := decodeConfig(t, strings.Join(out, "\n"))
 	require.NotNil(t, p.Redis)
 	require.Equal(t, "127.0.0.1:6379", p.Redis.Address)
 	require.Equal(t, 10000, p.Redis.QueueSize)

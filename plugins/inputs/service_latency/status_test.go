@@ -8,15 +8,16 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/influxdata/telegraf/testutil"
 	"github.com/stretchr/testify/require"
 
+	engine "github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/gather"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
 )
 
@@ -120,9 +121,8 @@ func getStatus(t *testing.T, p *ServiceLatency) statusJSON {
 // build; GET /healthz is 503 before the first gather and 200 after.
 func TestStatusEndpoint(t *testing.T) {
 	srv := newDelayServer(t, 0)
-	oldV, oldC := Version, Commit
-	Version, Commit = "v9.9.9-test", "abc1234"
-	t.Cleanup(func() { Version, Commit = oldV, oldC })
+	SetBuildInfo("v9.9.9-test", "abc1234")
+	t.Cleanup(func() { SetBuildInfo("dev", "") })
 
 	p, _ := startPlugin(t, conf(`
 status_listen = "127.0.0.1:0"
@@ -263,76 +263,6 @@ status_listen = "`+ln.Addr().String()+`"
 	require.Contains(t, err.Error(), "address already in use")
 }
 
-// /healthz turns 503 once the last gather is older than twice the
-// gather interval (one minute until two gathers have run).
-func TestHealthzLate(t *testing.T) {
-	srv := newDelayServer(t, 0)
-	p, _ := startPlugin(t, conf(`
-status_listen = "127.0.0.1:0"
-[[inputs.service_latency.service]]
-  url = "`+srv.URL+`"
-`))
-	var skew atomic.Int64
-	p.ops.mu.Lock()
-	p.ops.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
-	p.ops.mu.Unlock()
-	healthz := func() (int, string) { return httpGet(t, "http://"+p.StatusAddr()+"/healthz") }
-
-	require.NoError(t, p.Gather(&testutil.Accumulator{}))
-	code, body := healthz()
-	require.Equal(t, http.StatusOK, code, body)
-	skew.Store(int64(119 * time.Second))
-	code, body = healthz()
-	require.Equal(t, http.StatusOK, code, body)
-	skew.Store(int64(121 * time.Second))
-	code, body = healthz()
-	require.Equal(t, http.StatusServiceUnavailable, code, body)
-	require.Regexp(t, `^late: the last gather ended 2m1.* ago, more than 2 × the gather interval \(1m0s\)`, body)
-	// a gather heals it
-	skew.Store(0)
-	require.NoError(t, p.Gather(&testutil.Accumulator{}))
-	code, body = healthz()
-	require.Equal(t, http.StatusOK, code, body)
-}
-
-// The reference interval is the largest of the last five intervals between
-// gathers, at least one second.
-func TestHealthRule(t *testing.T) {
-	p := New()
-	t0 := time.Unix(1_700_000_000, 0)
-	gatherAt := func(start time.Time) { p.publishGather(start, start.Add(300*time.Millisecond), nil, nil) }
-	ok := func(at time.Time) bool {
-		p.ops.mu.Lock()
-		defer p.ops.mu.Unlock()
-		ok, _ := p.ops.health(at)
-		return ok
-	}
-	require.False(t, ok(t0), "before the first gather")
-	for i := range 3 {
-		gatherAt(t0.Add(time.Duration(i) * 10 * time.Second))
-	}
-	end := t0.Add(20*time.Second + 300*time.Millisecond)
-	require.True(t, ok(end.Add(19*time.Second)))
-	require.False(t, ok(end.Add(21*time.Second)))
-	// a double-triggered gather does not shrink the reference
-	gatherAt(t0.Add(20*time.Second + 500*time.Millisecond))
-	end = t0.Add(20*time.Second + 800*time.Millisecond)
-	require.True(t, ok(end.Add(19*time.Second)))
-	// back-to-back gathers only: the reference is at least one second
-	q := New()
-	for i := range 6 {
-		start := t0.Add(time.Duration(i) * time.Millisecond)
-		q.publishGather(start, start, nil, nil)
-	}
-	q.ops.mu.Lock()
-	defer q.ops.mu.Unlock()
-	last := t0.Add(5 * time.Millisecond)
-	h, _ := q.ops.health(last.Add(1900 * time.Millisecond))
-	require.True(t, h)
-	h, _ = q.ops.health(last.Add(2100 * time.Millisecond))
-	require.False(t, h)
-}
-
 // TestCollectInternal: one service_latency_internal metric per gather with
 // the gather's own signals.
 func TestCollectInternal(t *testing.T) {
@@ -363,7 +293,10 @@ max_concurrency = 2
 	}
 	require.Len(t, internal, 1)
 	f := internal[0]
-	require.Len(t, f, 6, "%v", f)
+	require.Len(t, f, 9, "%v", f)
+	require.Equal(t, int64(0), f["store_dropped"])
+	require.Equal(t, int64(0), f["store_slow_writes"])
+	require.Equal(t, false, f["store_unreachable"])
 	require.GreaterOrEqual(t, f["gather_time"].(float64), 0.2)
 	require.Less(t, f["gather_time"].(float64), 1.0)
 	require.Equal(t, int64(3), f["services"])
@@ -373,13 +306,11 @@ max_concurrency = 2
 	require.Equal(t, int64(0), f["replay_queue"])
 
 	// off by default, and a reload switches it
-	next, err := ParseConfig([]byte(conf(`
+	require.NoError(t, p.Reconfigure(decodeConfig(t, conf(`
 [[inputs.service_latency.service]]
   name = "ok"
-  url = "` + srv.URL + `"
-`)))
-	require.NoError(t, err)
-	require.NoError(t, p.Reconfigure(next))
+  url = "`+srv.URL+`"
+`))))
 	acc.ClearMetrics()
 	require.NoError(t, p.Gather(&acc))
 	for _, m := range acc.GetTelegrafMetrics() {
@@ -390,11 +321,10 @@ max_concurrency = 2
 // failingStore fails every Update and exposes the optional counters.
 type failingStore struct{ store.Store }
 
-func (failingStore) Update(context.Context, time.Time, []store.Observation) ([]store.Result, error) {
+func (failingStore) Update(context.Context, time.Time, []store.Observation) ([]store.Entry, error) {
 	return nil, errors.New("store down")
 }
-func (failingStore) Errors() int64 { return 5 }
-func (failingStore) QueueLen() int { return 42 }
+func (failingStore) Health() store.Health { return store.Health{WriteErrors: 5, QueueLen: 42} }
 
 func TestCollectInternalStoreCounters(t *testing.T) {
 	srv := newDelayServer(t, 0)
@@ -405,7 +335,9 @@ status_listen = "127.0.0.1:0"
   url = "`+srv.URL+`"
 `))
 	require.NoError(t, p.Gather(&testutil.Accumulator{}))
-	p.store = failingStore{p.store}
+	targets := p.targets()
+	p.engine = engine.New(failingStore{p.store}, p.Log)
+	p.engine.SetTargets(targets, 1)
 	for i := int64(1); i <= 2; i++ {
 		var acc testutil.Accumulator
 		require.ErrorContains(t, p.Gather(&acc), "store down")
@@ -431,9 +363,9 @@ func TestReadmeListsInternalFields(t *testing.T) {
 	if end := strings.Index(sec[3:], "\n## "); end >= 0 {
 		sec = sec[:end+3]
 	}
-	in := internalStats{}
+	in := engine.Internal{}
 	names := []string{InternalMeasurement}
-	for k := range in.fields() {
+	for k := range in.Fields() {
 		names = append(names, k)
 	}
 	for _, n := range names {
@@ -465,10 +397,13 @@ func TestCollectInternalRealStores(t *testing.T) {
 		return nil
 	}
 	t.Run("state file", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "vanishing")
+		require.NoError(t, os.Mkdir(dir, 0o700))
 		p, _ := newPlugin(t, conf(`
 collect_internal = true
-state_file = "`+t.TempDir()+`/missing-dir/state.json"
+state_file = "`+dir+`/state.json"
 `+svcs))
+		require.NoError(t, os.Remove(dir)) // saves fail from now on
 		for i := int64(1); i <= 2; i++ {
 			f := internal(p)
 			require.Equal(t, i, f["store_errors"], "failed saves")

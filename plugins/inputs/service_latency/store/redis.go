@@ -643,7 +643,7 @@ func (r *Redis) writeChunk(parent context.Context, client redis.UniversalClient,
 }
 
 // classify tells why a chunk failed. A chunk that missed its deadline
-// while Redis answers PING (within the timeout) is slow; one whose PING
+// while Redis answers PING (within half the timeout) is slow; one whose PING
 // fails too is unreachable. The gather's own deadline and error replies
 // are neither.
 func (r *Redis) classify(ctx context.Context, client redis.UniversalClient, err error) int {
@@ -658,7 +658,10 @@ func (r *Redis) classify(ctx context.Context, client redis.UniversalClient, err 
 	if errors.As(err, &oe) && oe.Op == "dial" {
 		return failUnreachable // no connection at all: a PING would not get one either
 	}
-	pctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+	// Half the timeout: a Redis that answers at all answers a PING far
+	// sooner, and a gather against a stopped Redis must stay on time (one
+	// missed chunk costs 1.5 × the timeout, not 2 ×).
+	pctx, cancel := context.WithTimeout(ctx, r.opts.Timeout/2)
 	defer cancel()
 	if client.Ping(pctx).Err() != nil {
 		return failUnreachable

@@ -1,4 +1,4 @@
-package service_latency
+package gather
 
 import (
 	"testing"
@@ -56,17 +56,18 @@ func (*benchAccumulator) WithTracking(int) telegraf.TrackingAccumulator { return
 // its phase fields) and hands them to acc: what Gather does per service
 // once the probes are back.
 func benchmarkEmit(b *testing.B, acc *benchAccumulator) {
-	p, err := ParseConfig([]byte("[[inputs.service_latency]]\n  [[inputs.service_latency.service]]\n    name = \"api\"\n    url = \"http://127.0.0.1:9/health\"\n"))
+	pr, err := probe.New("http://127.0.0.1:9/health", 5*time.Second, probe.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer p.Stop()
-	t := p.targets[0]
-	st := stats.NewState(t.params)
+	defer pr.Close()
+	params := stats.Params{Window: 100, HalfLife: 5 * time.Minute}
+	t := NewTarget("api", "http://127.0.0.1:9/health", pr, params, []float64{50, 90, 95, 99}, nil)
+	st := stats.NewState(t.Params)
 	now := time.Unix(1_700_000_000, 0)
 	for i := range 1000 {
 		now = now.Add(10 * time.Second)
-		st.Observe(now, i%20 != 19, 0.02+float64(i%17)*0.001, t.params)
+		st.Observe(now, i%20 != 19, 0.02+float64(i%17)*0.001, t.Params)
 	}
 	r := probe.Result{
 		Outcome: probe.Success,
@@ -78,11 +79,17 @@ func benchmarkEmit(b *testing.B, acc *benchAccumulator) {
 			{Key: "http_response_code", Value: int64(200)},
 		},
 	}
-	p.emit(acc, now, t, &r, st) // warm-up: sizes the snapshot's slices
+	var snap stats.Snapshot
+	emit := func() {
+		st.Snapshot(t.Percentiles, &snap)
+		tags, fields := fieldsOf(t, &r, &snap)
+		acc.AddFields("service_latency", fields, tags, now)
+	}
+	emit() // warm-up: sizes the snapshot's slices
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		p.emit(acc, now, t, &r, st)
+		emit()
 	}
 }
 

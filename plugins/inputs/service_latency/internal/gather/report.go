@@ -9,8 +9,8 @@ import "time"
 type Report struct {
 	// Start and End of the gather. Metrics are timestamped with Start.
 	Start, End time.Time
-	// Err is the store's error when it could not update the state: no
-	// service has a metric then (Services is empty).
+	// Err is the store's Update error: no service has a metric then
+	// (Services is empty).
 	Err error
 	// Services are the emitted services, in config order.
 	Services []Service

@@ -15,7 +15,7 @@ import (
 // parse is redacted textually: everything between the first ':' of the
 // userinfo and the last '@' of the authority is dropped.
 func URL(rawURL string) string {
-	if !strings.Contains(rawURL, "://") {
+	if !strings.Contains(rawURL, "//") {
 		return Text(rawURL) // an address, or opaque: no userinfo to parse
 	}
 	u, err := url.Parse(rawURL)

@@ -26,6 +26,10 @@ func TestText(t *testing.T) {
 		`dial tcp 127.0.0.1:6379: connect: connection refused`:                 `dial tcp 127.0.0.1:6379: connect: connection refused`,
 		`mail me at ops@example`:                                               `mail me at ops@example`,
 		`GET http://user:pw@127.0.0.1:80/a and https://x:y@h/`:                 `GET http://user@127.0.0.1:80/a and https://x@h/`,
+		`Get "http://u:pw@host/x": refused`:                                    `Get "http://u@host/x": refused`,
+		`proxy http://:pw@h:1 down`:                                            `proxy http://@h:1 down`,
+		`an address a:b@c`:                                                     `an address a@c`,
+		`http://user@host/ stays`:                                              `http://user@host/ stays`,
 	} {
 		if got := Text(in); got != want {
 			t.Errorf("Text(%q)\n = %q\nwant %q", in, got, want)

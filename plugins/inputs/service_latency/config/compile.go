@@ -1,0 +1,238 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/gather"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/status"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
+)
+
+// Spec is a validated config, ready to run: what the engine probes, the
+// store to open and the operations settings.
+type Spec struct {
+	Targets        []*gather.Target
+	MaxConcurrency int
+	Store          StoreSpec
+	Status         status.Settings
+	// CollectInternal: emit service_latency_internal every gather.
+	CollectInternal bool
+}
+
+// StoreSpec says which store to open. Opening it (reading a state file,
+// connecting to Redis) is Init's I/O, not the compiler's.
+type StoreSpec struct {
+	// Kind is "memory" or "redis".
+	Kind string
+	// StateFile persists the memory store ("" = not persisted).
+	StateFile string
+	// Redis are the validated options of the Redis store.
+	Redis store.RedisOptions
+}
+
+// Close releases what a Spec that will not run holds (its probers).
+func (s *Spec) Close() {
+	for _, t := range s.Targets {
+		t.Prober.Close()
+	}
+}
+
+// builtinTags are the tags the plugin sets itself; a service's own tags may
+// not reuse them.
+var builtinTags = []string{"service", "probe", "server", "result", "le"}
+
+// Compile validates a Config and builds its Spec: every service's prober
+// (no network I/O), its statistics parameters and field names, the store
+// and status settings. The Config is not modified. On error nothing is
+// left open.
+func Compile(c *Config) (*Spec, error) {
+	ops := status.Settings{Listen: c.StatusListen, AllowRemote: c.StatusAllowRemote, Pprof: c.Pprof}
+	if err := ops.Validate(); err != nil {
+		return nil, nested(-1, "", "", err)
+	}
+	st, err := compileStore(c)
+	if err != nil {
+		return nil, err
+	}
+	targets, err := compileTargets(c)
+	if err != nil {
+		return nil, err
+	}
+	return &Spec{
+		Targets:         targets,
+		MaxConcurrency:  c.MaxConcurrency,
+		Store:           st,
+		Status:          ops,
+		CollectInternal: c.CollectInternal,
+	}, nil
+}
+
+func compileStore(c *Config) (StoreSpec, error) {
+	switch c.State {
+	case "", "memory":
+		if c.Redis != nil {
+			return StoreSpec{}, pluginErr("redis", errors.New(`an [inputs.service_latency.redis] table needs state = "redis"`))
+		}
+		return StoreSpec{Kind: "memory", StateFile: c.StateFile}, nil
+	case "redis":
+		if c.StateFile != "" {
+			return StoreSpec{}, pluginErr("state_file", errors.New(`only for state = "memory": with Redis the state lives in Redis`))
+		}
+		if c.Redis == nil {
+			return StoreSpec{}, pluginErr("state", errors.New(`state = "redis" needs an [inputs.service_latency.redis] table with an address or a url`))
+		}
+		opts, err := c.Redis.Options()
+		if err != nil {
+			return StoreSpec{}, nested(-1, "", "redis.", err)
+		}
+		return StoreSpec{Kind: "redis", Redis: opts}, nil
+	}
+	return StoreSpec{}, pluginErr("state", fmt.Errorf("unknown store %q (want \"memory\" or \"redis\")", c.State))
+}
+
+func compileTargets(c *Config) (targets []*gather.Target, err error) {
+	defer func() {
+		if err != nil {
+			for _, t := range targets {
+				t.Prober.Close()
+			}
+			targets = nil
+		}
+	}()
+	if c.Timeout <= 0 {
+		return nil, pluginErr("timeout", fmt.Errorf("must be positive, got %s", time.Duration(c.Timeout)))
+	}
+	if c.MaxConcurrency <= 0 {
+		return nil, pluginErr("max_concurrency", fmt.Errorf("must be positive, got %d", c.MaxConcurrency))
+	}
+	pcts := []float64(c.Percentiles)
+	if pcts == nil {
+		pcts = DefaultPercentiles
+	}
+	if err := stats.ValidatePercentiles(pcts); err != nil {
+		return nil, nested(-1, "", "", err)
+	}
+	base := stats.Params{Window: c.Window, HalfLife: time.Duration(c.EWMAHalfLife), Buckets: c.HistogramBuckets}
+	if err := base.Validate(); err != nil {
+		return nil, nested(-1, "", "", err)
+	}
+	if len(c.Services) == 0 {
+		return nil, pluginErr("service", errors.New("no services configured: add at least one [[inputs.service_latency.service]] with a url"))
+	}
+	seen := make(map[string]int, len(c.Services))
+	targets = make([]*gather.Target, 0, len(c.Services))
+	for i, s := range c.Services {
+		t, err := compileService(c, i, s, base, pcts, seen)
+		if err != nil {
+			return targets, err
+		}
+		targets = append(targets, t)
+	}
+	return targets, nil
+}
+
+func compileService(c *Config, i int, s *Service, base stats.Params, pcts []float64, seen map[string]int) (*gather.Target, error) {
+	if s == nil {
+		return nil, &Error{Service: i, Err: errors.New("empty service table")}
+	}
+	fail := func(key string, err error) error {
+		return &Error{Service: i, Name: boundedName(s.Name), Key: key, Err: err}
+	}
+	if s.URL == "" {
+		return nil, fail("url", errors.New("missing or empty"))
+	}
+	if len(s.URL) > MaxURLBytes {
+		return nil, fail("url", fmt.Errorf("%d bytes, more than the limit of %d", len(s.URL), MaxURLBytes))
+	}
+	name := s.Name
+	if name == "" {
+		name = redact.URL(s.URL)
+	}
+	if err := checkTagValue(name, MaxNameBytes); err != nil {
+		return nil, fail("name", err)
+	}
+	if j, dup := seen[name]; dup {
+		return nil, fail("name", fmt.Errorf("duplicate service name %q (also service #%d); names key the state and must be unique", name, j+1))
+	}
+	seen[name] = i
+
+	timeout := time.Duration(c.Timeout)
+	if s.Timeout != 0 {
+		timeout = time.Duration(s.Timeout)
+	}
+	if timeout <= 0 {
+		return nil, fail("timeout", fmt.Errorf("must be positive, got %s", timeout))
+	}
+	params := base
+	if s.Window != 0 {
+		params.Window = s.Window
+	}
+	if s.EWMAHalfLife != 0 {
+		params.HalfLife = time.Duration(s.EWMAHalfLife)
+	}
+	if err := params.Validate(); err != nil {
+		return nil, nested(i, boundedName(s.Name), "", err)
+	}
+	if s.Percentiles != nil {
+		pcts = s.Percentiles
+		if err := stats.ValidatePercentiles(pcts); err != nil {
+			return nil, nested(i, boundedName(s.Name), "", err)
+		}
+	}
+	if err := checkTags(s.Tags); err != nil {
+		return nil, fail("tags", err)
+	}
+	prober, err := probe.New(s.URL, timeout, s.Options.WithDefaults(c.Options.ApplicableTo(s.URL)))
+	if err != nil {
+		return nil, nested(i, boundedName(s.Name), "", err)
+	}
+	return gather.NewTarget(name, redact.URL(s.URL), prober, params, pcts, s.Tags), nil
+}
+
+// checkTags refuses tags the plugin sets itself and tags past the limits.
+func checkTags(tags map[string]string) error {
+	for k, v := range tags {
+		for _, b := range builtinTags {
+			if k == b {
+				return fmt.Errorf("tag %q is set by the plugin itself; pick another name", k)
+			}
+		}
+		if k == "" {
+			return errors.New("a tag key may not be empty")
+		}
+		if err := checkTagValue(k, MaxTagKeyBytes); err != nil {
+			return fmt.Errorf("key %q: %w", boundedName(k), err)
+		}
+		if err := checkTagValue(v, MaxTagValueBytes); err != nil {
+			return fmt.Errorf("%q: %w", boundedName(k), err)
+		}
+	}
+	return nil
+}
+
+// checkTagValue bounds what becomes a tag. A trailing backslash cannot be
+// carried by line protocol (it escapes the separator after it: the value
+// arrives cut, and "x\" merges with "x"), so it is refused.
+func checkTagValue(v string, limit int) error {
+	if len(v) > limit {
+		return fmt.Errorf("%d bytes, more than the limit of %d", len(v), limit)
+	}
+	if strings.HasSuffix(v, `\`) {
+		return fmt.Errorf("%q ends with a backslash, which line protocol cannot carry at the end of a tag", v)
+	}
+	return nil
+}
+
+// boundedName is a name short enough to be shown in an error.
+func boundedName(s string) string {
+	if len(s) <= 64 {
+		return s
+	}
+	return s[:64] + "…"
+}

@@ -1,0 +1,90 @@
+package gather
+
+import (
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
+)
+
+// fieldsOf turns a probe result and the service's state snapshot into the
+// tags and fields of its service_latency metric. It is a pure function.
+func fieldsOf(t *Target, r *probe.Result, snap *stats.Snapshot) (map[string]string, map[string]any) {
+	tags := make(map[string]string, 4+len(t.Tags))
+	for k, v := range t.Tags {
+		tags[k] = v
+	}
+	tags["service"] = t.Name
+	tags["probe"] = t.Prober.Kind()
+	tags["server"] = t.Server
+	tags["result"] = r.Outcome.String()
+
+	// At most maxStateFields state fields besides the percentiles: an
+	// exact bound keeps the map in the smallest table that holds them.
+	fields := make(map[string]any, maxStateFields+len(r.Fields)+2*len(t.Percentiles))
+	if r.Outcome == probe.Success {
+		fields["latency"] = r.Latency.Seconds()
+	}
+	fields["result_code"] = int64(r.Outcome)
+	for _, f := range r.Fields {
+		fields[f.Key] = f.Value
+	}
+	stateFields(fields, snap, &t.fieldNames)
+	return tags, fields
+}
+
+// histogram returns the service's cumulative buckets and the tags of its
+// service_latency_histogram metrics (less "le").
+func histogram(t *Target, snap *stats.Snapshot) ([]Bucket, map[string]string) {
+	if len(snap.Cumulative) == 0 {
+		return nil, nil
+	}
+	buckets := make([]Bucket, len(snap.Cumulative))
+	for i, c := range snap.Cumulative {
+		buckets[i] = Bucket{LE: t.le[i], Count: c}
+	}
+	htags := make(map[string]string, 3+len(t.Tags))
+	for k, v := range t.Tags {
+		htags[k] = v
+	}
+	htags["service"] = t.Name
+	htags["probe"] = t.Prober.Kind()
+	htags["server"] = t.Server
+	return buckets, htags
+}
+
+// maxStateFields is the most fields metric and stateFields add besides the
+// probe's fields and the percentiles: latency, result_code, latency_count,
+// probes, failures, consecutive_failures, latency_avg, latency_min,
+// latency_max, latency_ewma, latency_stddev, availability, jitter.
+const maxStateFields = 13
+
+// stateFields adds the fields of a service's state. A statistic with no
+// data yet (no successful sample, an empty window) is absent.
+func stateFields(fields map[string]any, s *stats.Snapshot, names *percentileNames) {
+	fields["latency_count"] = s.Count
+	fields["probes"] = s.Probes
+	fields["failures"] = s.Failures
+	fields["consecutive_failures"] = s.ConsecutiveFailures
+	if s.Count > 0 {
+		fields["latency_avg"] = s.Mean
+		fields["latency_min"] = s.Min
+		fields["latency_max"] = s.Max
+		fields["latency_ewma"] = s.EWMA
+		for i, v := range s.Lifetime {
+			fields[names.lifetime[i]] = v
+		}
+	}
+	if s.HasStddev {
+		fields["latency_stddev"] = s.Stddev
+	}
+	if s.WindowProbes > 0 {
+		fields["availability"] = s.Availability
+	}
+	if s.WindowSuccesses > 0 {
+		for i, v := range s.Window {
+			fields[names.window[i]] = v
+		}
+	}
+	if s.WindowSuccesses >= 2 {
+		fields["jitter"] = s.Jitter
+	}
+}

@@ -1,0 +1,63 @@
+// Package gather is the gather engine: it probes every target of a Spec
+// (at most max_concurrency at once, a panicking probe turned into a failed
+// result), hands the observations to the store, turns each service's new
+// state into fields and yields one Report per gather. It keeps the
+// engine's own counters (probes in flight, store errors) and logs a
+// service going down and coming back.
+//
+//	targets → probe results → observations → store → state → snapshot → fields → Report
+package gather
+
+import (
+	"strconv"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
+)
+
+// Target is a service ready to probe: what the config compiler makes of a
+// [[inputs.service_latency.service]] table.
+type Target struct {
+	// Name keys the service's state and is its `service` tag.
+	Name string
+	// Server is the `server` tag: the URL without credentials.
+	Server string
+	Prober probe.Prober
+	Params stats.Params
+	// Percentiles emitted (window and lifetime).
+	Percentiles []float64
+	// Tags are the service's own tags.
+	Tags map[string]string
+
+	// Derived once, used every gather.
+	fieldNames percentileNames
+	le         []string // the histogram's `le` tag values, one per bucket and "+Inf"
+
+	// This agent's own view of the service, for logging transitions (the
+	// state may be shared with other agents). Written by the engine only.
+	down      bool
+	failedRun int64
+}
+
+type percentileNames struct {
+	window, lifetime []string
+}
+
+// NewTarget returns a target with its field names and histogram labels
+// derived.
+func NewTarget(name, server string, pr probe.Prober, params stats.Params, percentiles []float64, tags map[string]string) *Target {
+	t := &Target{Name: name, Server: server, Prober: pr, Params: params, Percentiles: percentiles, Tags: tags}
+	if n := len(params.Buckets); n > 0 {
+		t.le = make([]string, 0, n+1)
+		for _, b := range params.Buckets {
+			t.le = append(t.le, strconv.FormatFloat(b, 'f', -1, 64))
+		}
+		t.le = append(t.le, "+Inf")
+	}
+	for _, pc := range percentiles {
+		sfx := stats.PercentileFieldSuffix(pc)
+		t.fieldNames.window = append(t.fieldNames.window, "latency_"+sfx)
+		t.fieldNames.lifetime = append(t.fieldNames.lifetime, "latency_lifetime_"+sfx)
+	}
+	return t
+}
