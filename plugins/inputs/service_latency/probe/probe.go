@@ -93,6 +93,20 @@ type Result struct {
 	// Fields are extra, protocol-specific fields. Durations are float64
 	// seconds; a phase that did not happen is absent, not 0.
 	Fields []Field
+	// Samples is set by a prober that runs a round of its own (ICMP: one
+	// echo request per sample): every sample of the round, in order, each
+	// counted into the service's state. Outcome is then the round's
+	// (Success when at least one sample succeeded), Latency the median of
+	// the successful samples. Nil for a prober that takes one sample per
+	// Probe call; the engine runs rounds of those itself (samples =).
+	Samples []Sample
+}
+
+// Sample is one sample of a round.
+type Sample struct {
+	// OK: the sample succeeded and Latency is a sample of the state.
+	OK      bool
+	Latency time.Duration
 }
 
 // Prober probes one target. Implementations are safe for concurrent use,
