@@ -108,7 +108,7 @@ func (m *Memory) apply(now time.Time, o *Observation) Entry {
 		}
 		e.checked = true
 	}
-	e.state.Observe(now, o.OK, o.Latency, o.Params)
+	e.state.Observe(o.at(now), o.OK, o.Latency, o.Params)
 	return Entry{State: e.state, Warning: warn}
 }
 

@@ -352,11 +352,16 @@ type chunkFailure struct {
 func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([]Entry, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.seq++
-	seq := r.seq
-	t := now.UnixNano()
+	// One sequence number per observation (the script applies an
+	// agent's observations in sequence order, once each).
+	seq0 := r.seq
+	r.seq += int64(len(obs))
+	entryOf := func(i int) pending {
+		o := &obs[i]
+		return pending{service: o.Service, params: o.Params, seq: seq0 + int64(i) + 1, t: o.at(now).UnixNano(), ok: o.OK, latency: o.Latency}
+	}
 
-	batches := r.planLocked(obs, seq, t)
+	batches := r.planLocked(obs, entryOf)
 	fail, replayed := r.writeLocked(ctx, batches)
 
 	byService := make(map[string]*batch, len(batches))
@@ -382,7 +387,7 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 			st = stats.NewState(o.Params)
 			r.local[o.Service] = st
 		}
-		st.Observe(now, o.OK, o.Latency, o.Params)
+		st.Observe(o.at(now), o.OK, o.Latency, o.Params)
 		res[i] = Entry{State: st}
 	}
 
@@ -408,7 +413,7 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 		if b != nil && b.observed && b.out != nil && b.out.err == nil {
 			continue
 		}
-		q = append(q, pending{service: o.Service, params: o.Params, seq: seq, t: t, ok: o.OK, latency: o.Latency})
+		q = append(q, entryOf(i))
 	}
 	r.queue = q
 	r.replayed.Add(replayed)
@@ -420,10 +425,10 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 // planLocked builds this Update's script calls: first the services with
 // queued observations (oldest first), then the other observed services,
 // in order.
-func (r *Redis) planLocked(obs []Observation, seq, t int64) (batches []*batch) {
-	obsAt := make(map[string]int, len(obs))
+func (r *Redis) planLocked(obs []Observation, entryOf func(int) pending) (batches []*batch) {
+	obsAt := make(map[string][]int, len(obs))
 	for i := range obs {
-		obsAt[obs[i].Service] = i
+		obsAt[obs[i].Service] = append(obsAt[obs[i].Service], i)
 	}
 	groups := make(map[string][]int)
 	var order []string
@@ -439,9 +444,6 @@ func (r *Redis) planLocked(obs []Observation, seq, t int64) (batches []*batch) {
 		share = min(max(r.opts.ReplayPerUpdate/len(order), 2), maxReplayPerCall)
 	}
 	planned := make(map[string]bool, len(order))
-	newEntry := func(o *Observation) pending {
-		return pending{service: o.Service, params: o.Params, seq: seq, t: t, ok: o.OK, latency: o.Latency}
-	}
 	for _, name := range order {
 		idx := groups[name]
 		k := min(len(idx), share)
@@ -450,12 +452,14 @@ func (r *Redis) planLocked(obs []Observation, seq, t int64) (batches []*batch) {
 			b.entries = append(b.entries, r.queue[qi])
 		}
 		b.params = b.entries[len(b.entries)-1].params // the newest
-		if i, ok := obsAt[name]; ok {
+		if is, ok := obsAt[name]; ok {
 			planned[name] = true
-			b.params = obs[i].Params
+			b.params = obs[is[len(is)-1]].Params
 			if k == len(idx) {
 				b.observed = true
-				b.entries = append(b.entries, newEntry(&obs[i]))
+				for _, i := range is {
+					b.entries = append(b.entries, entryOf(i))
+				}
 			}
 		}
 		batches = append(batches, b)
@@ -464,14 +468,14 @@ func (r *Redis) planLocked(obs []Observation, seq, t int64) (batches []*batch) {
 	for i := range obs {
 		o := &obs[i]
 		if b := fresh[o.Service]; b != nil { // observed twice: in order
-			b.entries = append(b.entries, newEntry(o))
+			b.entries = append(b.entries, entryOf(i))
 			b.params = o.Params
 			continue
 		}
 		if planned[o.Service] {
 			continue
 		}
-		b := &batch{service: o.Service, params: o.Params, observed: true, entries: []pending{newEntry(o)}}
+		b := &batch{service: o.Service, params: o.Params, observed: true, entries: []pending{entryOf(i)}}
 		fresh[o.Service] = b
 		batches = append(batches, b)
 	}
@@ -993,7 +997,7 @@ func (r *Redis) Close() error {
 	}
 	if len(r.queue) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
-		batches := r.planLocked(nil, 0, 0)
+		batches := r.planLocked(nil, nil)
 		fail, replayed := r.writeLocked(ctx, batches)
 		cancel()
 		written := make([]bool, len(r.queue))

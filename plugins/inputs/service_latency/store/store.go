@@ -26,6 +26,19 @@ type Observation struct {
 	OK bool
 	// Latency in seconds; only meaningful when OK.
 	Latency float64
+	// At is when the probe started (zero: the Update's now). A round of
+	// several samples gives one Observation per sample, in order, each
+	// with its own time; a service may appear several times in one
+	// Update.
+	At time.Time
+}
+
+// at is the time of an observation: its own, else the Update's.
+func (o *Observation) at(now time.Time) time.Time {
+	if o.At.IsZero() {
+		return now
+	}
+	return o.At
 }
 
 // Entry is a service's state after an Update.
