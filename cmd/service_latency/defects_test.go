@@ -105,10 +105,10 @@ func TestBinarySIGHUPDuringStartup(t *testing.T) {
 	for i := range 20_000 {
 		fmt.Fprintf(&b, "[[inputs.service_latency.service]]\n  name = \"s%d\"\n  url = \"%s/%d\"\n", i, srv.URL, i)
 	}
-	p := start(t, "-config", writeConf(t, b.String()), "-poll_interval_disabled")
-	// the config takes a while to load: signal during it (the runtime's
-	// own start-up, before package main initializes, cannot be helped)
-	time.Sleep(150 * time.Millisecond)
+	p := start(t, "-config", writeConf(t, b.String()), "-poll_interval_disabled", "-debug")
+	// signal while the config loads (before package main initializes the
+	// runtime's default still applies: that cannot be helped)
+	require.Eventually(t, func() bool { return strings.Contains(p.stderr.String(), "D! loading") }, 30*time.Second, time.Millisecond)
 	for range 5 {
 		require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP), p.stderr.String())
 		time.Sleep(20 * time.Millisecond)

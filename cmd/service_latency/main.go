@@ -99,6 +99,7 @@ func run(args []string, stdout, stderr io.Writer, hup chan os.Signal) int {
 	}
 	probe.UserAgent = "service_latency/" + version
 	service_latency.SetBuildInfo(version, buildCommit())
+	log.Debugf("loading %s", *configFile)
 	plugin, err := load(*configFile, log)
 	if err != nil {
 		log.Errorf("config: %v", err)
