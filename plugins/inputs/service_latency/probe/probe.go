@@ -107,6 +107,9 @@ type Sample struct {
 	// OK: the sample succeeded and Latency is a sample of the state.
 	OK      bool
 	Latency time.Duration
+	// Offset is when the sample was taken, from the round's start (the
+	// time-based EWMA needs each sample at its own time).
+	Offset time.Duration
 }
 
 // Prober probes one target. Implementations are safe for concurrent use,
