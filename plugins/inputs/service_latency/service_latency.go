@@ -89,7 +89,7 @@ func (p *ServiceLatency) Init() error {
 	}
 	p.store = st
 	p.engine = engine.New(st, p.Log)
-	p.engine.SetTargets(spec.Targets, spec.MaxConcurrency)
+	p.engine.SetTargets(spec.Targets, spec.Engine)
 	p.collectInternal = spec.CollectInternal
 	p.status = status.New(spec.Status, p.Log)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
@@ -146,26 +146,15 @@ func (p *ServiceLatency) Interrupt() {
 	}
 }
 
-// Gather probes every service and emits one metric per service (and its
-// histogram), then service_latency_internal with collect_internal.
+// Gather probes every service due and emits its metric (and histogram)
+// as soon as its round is in the state, timestamped with the round's
+// start; then service_latency_internal with collect_internal.
 func (p *ServiceLatency) Gather(acc telegraf.Accumulator) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	rep := p.engine.Gather(p.ctx, time.Now())
+	rep := p.engine.Gather(p.ctx, time.Now(), func(s *engine.Service) { addService(acc, s) })
 	if rep == nil {
 		return nil // shutting down
-	}
-	for i := range rep.Services {
-		s := &rep.Services[i]
-		acc.AddFields(Measurement, s.Fields, s.Tags, rep.Start)
-		for _, b := range s.Histogram {
-			tags := make(map[string]string, len(s.HistogramTags)+1)
-			for k, v := range s.HistogramTags {
-				tags[k] = v
-			}
-			tags["le"] = b.LE
-			acc.AddFields(HistogramMeasurement, map[string]any{"count": b.Count}, tags, rep.Start)
-		}
 	}
 	if p.collectInternal {
 		acc.AddFields(InternalMeasurement, rep.Internal.Fields(), nil, rep.Start)
@@ -175,6 +164,19 @@ func (p *ServiceLatency) Gather(acc telegraf.Accumulator) error {
 		return fmt.Errorf("updating the state store: %w", rep.Err)
 	}
 	return nil
+}
+
+// addService adds one service's metric and its histogram.
+func addService(acc telegraf.Accumulator, s *engine.Service) {
+	acc.AddFields(Measurement, s.Fields, s.Tags, s.At)
+	for _, b := range s.Histogram {
+		tags := make(map[string]string, len(s.HistogramTags)+1)
+		for k, v := range s.HistogramTags {
+			tags[k] = v
+		}
+		tags["le"] = b.LE
+		acc.AddFields(HistogramMeasurement, map[string]any{"count": b.Count}, tags, s.At)
+	}
 }
 
 // Reconfigure replaces the services and settings of a running plugin with
@@ -197,7 +199,7 @@ func (p *ServiceLatency) Reconfigure(next *config.Config) error {
 	if spec.Status != (status.Settings{Listen: p.StatusListen, AllowRemote: p.StatusAllowRemote, Pprof: p.Pprof}) {
 		p.Log.Warnf("status_listen, status_allow_remote and pprof take effect at the next restart; the status server keeps its current settings")
 	}
-	for _, t := range p.engine.SetTargets(spec.Targets, spec.MaxConcurrency) {
+	for _, t := range p.engine.SetTargets(spec.Targets, spec.Engine) {
 		t.Prober.Close()
 	}
 	p.collectInternal = spec.CollectInternal

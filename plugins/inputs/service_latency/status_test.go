@@ -337,7 +337,7 @@ status_listen = "127.0.0.1:0"
 	require.NoError(t, p.Gather(&testutil.Accumulator{}))
 	targets := p.targets()
 	p.engine = engine.New(failingStore{p.store}, p.Log)
-	p.engine.SetTargets(targets, 1)
+	p.engine.SetTargets(targets, engine.Settings{MaxConcurrency: 1})
 	for i := int64(1); i <= 2; i++ {
 		var acc testutil.Accumulator
 		require.ErrorContains(t, p.Gather(&acc), "store down")

@@ -3,10 +3,12 @@ package config
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/gather"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/status"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
@@ -17,9 +19,10 @@ import (
 // Spec is a validated config, ready to run: what the engine probes, the
 // store to open and the operations settings.
 type Spec struct {
-	Targets        []*gather.Target
-	MaxConcurrency int
-	Store          StoreSpec
+	Targets []*gather.Target
+	// Engine are the engine's plugin-wide settings (concurrency, spread).
+	Engine gather.Settings
+	Store  StoreSpec
 	Status         status.Settings
 	// CollectInternal: emit service_latency_internal every gather.
 	CollectInternal bool
@@ -64,9 +67,18 @@ func Compile(c *Config) (*Spec, error) {
 	if err != nil {
 		return nil, err
 	}
+	seed := c.SpreadSeed
+	if seed == "" {
+		seed, _ = os.Hostname() // "" when unknown: still stable
+	}
 	return &Spec{
-		Targets:         targets,
-		MaxConcurrency:  c.MaxConcurrency,
+		Targets: targets,
+		Engine: gather.Settings{
+			MaxConcurrency: c.MaxConcurrency,
+			Spread:         c.Spread.D,
+			SpreadAuto:     c.Spread.Auto,
+			Seed:           seed,
+		},
 		Store:           st,
 		Status:          ops,
 		CollectInternal: c.CollectInternal,
@@ -122,6 +134,9 @@ func compileTargets(c *Config) (targets []*gather.Target, err error) {
 	if err := base.Validate(); err != nil {
 		return nil, nested(-1, "", "", err)
 	}
+	if err := checkSchedule(time.Duration(c.Interval), c.Samples, time.Duration(c.SampleInterval), time.Duration(c.Timeout), "timeout"); err != nil {
+		return nil, nested(-1, "", "", err)
+	}
 	if len(c.Services) == 0 {
 		return nil, pluginErr("service", errors.New("no services configured: add at least one [[inputs.service_latency.service]] with a url"))
 	}
@@ -169,6 +184,24 @@ func compileService(c *Config, i int, s *Service, base stats.Params, pcts []floa
 	if timeout <= 0 {
 		return nil, fail("timeout", fmt.Errorf("must be positive, got %s", timeout))
 	}
+	sched := gather.Schedule{
+		Timeout:        timeout,
+		Interval:       time.Duration(c.Interval),
+		Samples:        c.Samples,
+		SampleInterval: time.Duration(c.SampleInterval),
+	}
+	if s.Interval != 0 {
+		sched.Interval = time.Duration(s.Interval)
+	}
+	if s.Samples != 0 {
+		sched.Samples = s.Samples
+	}
+	if s.SampleInterval != 0 {
+		sched.SampleInterval = time.Duration(s.SampleInterval)
+	}
+	if err := checkSchedule(sched.Interval, sched.Samples, sched.SampleInterval, timeout, "timeout"); err != nil {
+		return nil, nested(i, boundedName(s.Name), "", err)
+	}
 	params := base
 	if s.Window != 0 {
 		params.Window = s.Window
@@ -192,7 +225,30 @@ func compileService(c *Config, i int, s *Service, base stats.Params, pcts []floa
 	if err != nil {
 		return nil, nested(i, boundedName(s.Name), "", err)
 	}
-	return gather.NewTarget(name, redact.URL(s.URL), prober, params, pcts, s.Tags), nil
+	t := gather.NewTarget(name, redact.URL(s.URL), prober, params, pcts, s.Tags)
+	t.Schedule = sched
+	return t, nil
+}
+
+// checkSchedule validates an interval and a round against the timeout
+// that bounds the round.
+func checkSchedule(interval time.Duration, samples int, sampleInterval, timeout time.Duration, timeoutKey string) error {
+	if interval < 0 || (interval > 0 && (interval < time.Second || interval%time.Second != 0)) {
+		return keyerr.Errorf("interval", "must be whole seconds, at least 1s (or unset: every gather), got %s", interval)
+	}
+	if samples < 1 || samples > MaxSamples {
+		return keyerr.Errorf("samples", "must be between 1 and %d, got %d", MaxSamples, samples)
+	}
+	if samples == 1 {
+		return nil
+	}
+	if sampleInterval <= 0 {
+		return keyerr.Errorf("sample_interval", "must be positive, got %s", sampleInterval)
+	}
+	if round := time.Duration(samples) * sampleInterval; round > timeout {
+		return keyerr.Errorf("samples", "%d samples %s apart (%s) do not fit in the round's %s = %s: the timeout bounds the whole round; lower samples or sample_interval, or raise %s", samples, sampleInterval, round, timeoutKey, timeout, timeoutKey)
+	}
+	return nil
 }
 
 // checkTags refuses tags the plugin sets itself and tags past the limits.

@@ -11,6 +11,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/influxdata/telegraf/config"
@@ -27,6 +28,9 @@ const (
 	DefaultMaxConcurrency = 64
 	DefaultWindow         = 100
 	DefaultHalfLife       = 5 * time.Minute
+	DefaultSampleInterval = 100 * time.Millisecond
+	// MaxSamples bounds a round.
+	MaxSamples = 100
 )
 
 // DefaultPercentiles are the percentiles emitted when none are configured.
@@ -57,6 +61,16 @@ type Config struct {
 	Percentiles      Percentiles     `toml:"percentiles"`
 	EWMAHalfLife     config.Duration `toml:"ewma_half_life"`
 	HistogramBuckets []float64       `toml:"histogram_buckets"`
+
+	// Scheduling (internal/gather): the probes of a gather start spread
+	// over Spread, each service at a stable offset; a service is probed
+	// every Interval (0: every gather), in rounds of Samples probes
+	// SampleInterval apart.
+	Spread         Spread          `toml:"spread"`
+	SpreadSeed     string          `toml:"spread_seed"`
+	Interval       config.Duration `toml:"interval"`
+	Samples        int             `toml:"samples"`
+	SampleInterval config.Duration `toml:"sample_interval"`
 
 	// Probe options, defaults for every service.
 	probe.Options
@@ -90,6 +104,10 @@ type Service struct {
 	Percentiles  Percentiles     `toml:"percentiles"`
 	EWMAHalfLife config.Duration `toml:"ewma_half_life"`
 
+	Interval       config.Duration `toml:"interval"`
+	Samples        int             `toml:"samples"`
+	SampleInterval config.Duration `toml:"sample_interval"`
+
 	probe.Options
 }
 
@@ -100,7 +118,35 @@ func Default() Config {
 		MaxConcurrency: DefaultMaxConcurrency,
 		Window:         DefaultWindow,
 		EWMAHalfLife:   config.Duration(DefaultHalfLife),
+		Spread:         Spread{Auto: true},
+		Samples:        1,
+		SampleInterval: config.Duration(DefaultSampleInterval),
 	}
+}
+
+// Spread is the spread setting: "auto" or a duration ("0s" = every probe
+// of a gather starts at once).
+type Spread struct {
+	Auto bool
+	D    time.Duration
+}
+
+// UnmarshalTOML implements the influxdata/toml Unmarshaler.
+func (s *Spread) UnmarshalTOML(raw []byte) error {
+	v := strings.Trim(strings.TrimSpace(string(raw)), `"'`)
+	if v == "auto" {
+		*s = Spread{Auto: true}
+		return nil
+	}
+	var d config.Duration
+	if err := d.UnmarshalText([]byte(v)); err != nil {
+		return fmt.Errorf(`want "auto" or a duration such as "10s": %w`, err)
+	}
+	if d < 0 {
+		return fmt.Errorf("must not be negative, got %s", time.Duration(d))
+	}
+	*s = Spread{D: time.Duration(d)}
+	return nil
 }
 
 // Percentiles is a list of percentiles. In TOML it accepts integers and

@@ -1,9 +1,11 @@
 package gather
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,34 +25,56 @@ type Engine struct {
 	store store.Store
 	log   telegraf.Logger
 
-	mu             sync.Mutex // serializes gathers and target swaps
-	targets        []*Target
-	maxConcurrency int
-	storeErrors    int64 // failed Updates, over the engine's life
+	mu          sync.Mutex // serializes gathers and target swaps
+	targets     []*Target
+	settings    Settings
+	storeErrors int64       // failed Updates, over the engine's life
+	starts      []time.Time // of the last gathers, for the cadence
 
 	// Probes in flight now and the most at once in this gather (written
 	// by the probe workers).
 	inFlight, inFlightMax atomic.Int64
 
 	// Reused from gather to gather.
-	results []probe.Result
-	obs     []store.Observation
-	snap    stats.Snapshot
+	obs  []store.Observation
+	snap stats.Snapshot
 }
+
+// Batching of state updates: the rounds that finish are applied to the
+// store (one Update: one Redis round trip per chunk of services) once
+// batchMax of them are waiting or, with a spread, the oldest has waited
+// batchWait, and at the end of the gather. Their metrics go out right
+// after. Without a spread (a burst) that is one Update per gather.
+const (
+	batchMax  = 500
+	batchWait = 100 * time.Millisecond
+)
 
 // New returns an engine that keeps its state in st and logs to log.
 func New(st store.Store, log telegraf.Logger) *Engine {
 	return &Engine{store: st, log: log}
 }
 
-// SetTargets replaces the targets (a reload): the store keeps the state of
-// every service whose name remains and drops the others. It returns the
-// targets replaced, whose probers the caller closes. It waits for a gather
-// in progress to end.
-func (e *Engine) SetTargets(targets []*Target, maxConcurrency int) (old []*Target) {
+// SetTargets replaces the targets and settings (a reload): the store keeps
+// the state of every service whose name remains and drops the others; a
+// target whose name remains keeps its schedule's bookkeeping (when it was
+// last probed, its last round, whether it is down). It returns the
+// targets replaced, whose probers the caller closes. It waits for a
+// gather in progress to end.
+func (e *Engine) SetTargets(targets []*Target, s Settings) (old []*Target) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	old, e.targets, e.maxConcurrency = e.targets, targets, maxConcurrency
+	prev := make(map[string]*Target, len(e.targets))
+	for _, t := range e.targets {
+		prev[t.Name] = t
+	}
+	for _, t := range targets {
+		t.hash = offsetHash(s.Seed, t.Name)
+		if p := prev[t.Name]; p != nil {
+			t.lastStart, t.last, t.down, t.failedRun = p.lastStart, p.last, p.down, p.failedRun
+		}
+	}
+	old, e.targets, e.settings = e.targets, targets, s
 	if old != nil {
 		keep := make(map[string]bool, len(targets))
 		for _, t := range targets {
@@ -79,45 +103,144 @@ func (e *Engine) Targets() []*Target {
 	return e.targets
 }
 
-// Gather probes every target, updates the store and returns the Report,
-// or nil when ctx was canceled (shutting down: nothing is emitted and the
-// store is not updated with probes cut short).
-func (e *Engine) Gather(ctx context.Context, now time.Time) *Report {
+// Gather runs the rounds of every target due, each starting at its
+// offset within the spread, at most MaxConcurrency probes at once. Each
+// finished round goes to the store in a batch, and emit is called with
+// each service's entry (on Gather's goroutine) as soon as its batch is
+// applied. It returns the Report once the last is out, or nil when ctx
+// was canceled (shutting down: rounds cut short are neither applied nor
+// emitted).
+func (e *Engine) Gather(ctx context.Context, now time.Time, emit func(*Service)) *Report {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	targets := e.targets
-	e.probeAll(ctx, targets)
+	cadence := e.noteStart(now)
+	due := make([]*Target, 0, len(e.targets))
+	for _, t := range e.targets {
+		if t.due(now, cadence) {
+			due = append(due, t)
+		}
+	}
+	spread := e.spread(cadence, due)
+	slices.SortStableFunc(due, func(a, b *Target) int { return cmp.Compare(a.offset(spread), b.offset(spread)) })
+
+	rep := &Report{Start: now}
+	rounds := make(chan round, min(len(due), 4*batchMax))
+	go e.runRounds(ctx, now, spread, due, rounds)
+	var batch []round
+	var timeouts int64
+	flush := func() {
+		if len(batch) > 0 && ctx.Err() == nil {
+			e.apply(ctx, rep, batch, emit)
+		}
+		batch = batch[:0]
+	}
+	var wait <-chan time.Time
+	for open := true; open; {
+		select {
+		case rd, ok := <-rounds:
+			if !ok {
+				open = false
+				break
+			}
+			if rd.result.Outcome == probe.Timeout {
+				timeouts++
+			}
+			if len(batch) == 0 && spread > 0 {
+				// in a burst every round ends at about the same time: one
+				// Update at the end, as without spread
+				wait = time.After(batchWait)
+			}
+			batch = append(batch, rd)
+			if len(batch) >= batchMax {
+				flush()
+			}
+		case <-wait:
+			flush()
+		}
+	}
+	flush()
 	if ctx.Err() != nil {
 		return nil
 	}
-	e.obs = e.obs[:0]
-	for i, t := range targets {
-		r := &e.results[i]
-		e.obs = append(e.obs, store.Observation{
-			Service: t.Name,
-			Params:  t.Params,
-			OK:      r.Outcome == probe.Success,
-			Latency: r.Latency.Seconds(),
-		})
-	}
-	rep := &Report{Start: now}
-	entries, err := e.store.Update(ctx, now, e.obs)
-	if err != nil {
-		e.storeErrors++
-		rep.Err = err
-	} else {
-		rep.Services = make([]Service, len(targets))
-		for i, t := range targets {
-			if w := entries[i].Warning; w != nil {
-				e.log.Warn(w.Error())
-			}
-			e.logTransition(t, &e.results[i])
-			e.service(&rep.Services[i], t, &e.results[i], entries[i].State)
+	rep.Services = make([]Service, 0, len(e.targets))
+	for _, t := range e.targets {
+		if t.last != nil {
+			rep.Services = append(rep.Services, *t.last)
 		}
 	}
 	rep.End = time.Now()
-	rep.Internal = e.internal(targets, rep.End.Sub(rep.Start))
+	rep.Internal = e.internal(len(e.targets), rep.End.Sub(rep.Start), timeouts)
 	return rep
+}
+
+// runRounds starts the due targets' rounds at their offsets, workers at
+// a time, sends each finished round on out and closes it at the end.
+func (e *Engine) runRounds(ctx context.Context, now time.Time, spread time.Duration, due []*Target, out chan<- round) {
+	defer close(out)
+	workers := min(e.settings.MaxConcurrency, len(due))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(workers)
+	for range workers {
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(due) {
+					return
+				}
+				t := due[i]
+				at := now.Add(t.offset(spread))
+				if !sleepUntil(ctx, at) {
+					return
+				}
+				out <- e.runRound(ctx, t, time.Now())
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// apply hands a batch of rounds to the store and emits each service.
+func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit func(*Service)) {
+	e.obs = e.obs[:0]
+	for i := range batch {
+		rd := &batch[i]
+		for _, s := range rd.samples {
+			e.obs = append(e.obs, store.Observation{
+				Service: rd.target.Name,
+				Params:  rd.target.Params,
+				OK:      s.ok,
+				Latency: s.latency.Seconds(),
+				At:      s.at,
+			})
+		}
+	}
+	entries, err := e.store.Update(ctx, rep.Start, e.obs)
+	if err != nil {
+		e.storeErrors++
+		rep.Err = err
+		return
+	}
+	k := 0
+	for i := range batch {
+		rd := &batch[i]
+		k += len(rd.samples)
+		entry := entries[k-1] // the state after the round's last sample
+		for _, en := range entries[k-len(rd.samples) : k] {
+			if en.Warning != nil {
+				e.log.Warn(en.Warning.Error())
+			}
+		}
+		t := rd.target
+		e.logTransition(t, &rd.result)
+		s := &Service{}
+		e.service(s, t, &rd.result, entry.State)
+		s.At = rd.start
+		t.last, t.lastStart = s, rd.start
+		rep.Probed++
+		emit(s)
+	}
 }
 
 // service fills one service's part of the report.
@@ -145,24 +268,19 @@ func unixTime(ns int64) time.Time {
 }
 
 // internal are the gather's own signals; the store's health is added.
-func (e *Engine) internal(targets []*Target, took time.Duration) Internal {
+func (e *Engine) internal(services int, took time.Duration, timeouts int64) Internal {
 	h := e.store.Health()
-	in := Internal{
+	return Internal{
 		GatherTime:        took,
-		Services:          len(targets),
+		Services:          services,
 		ProbesInFlightMax: e.inFlightMax.Swap(0),
+		Timeouts:          timeouts,
 		StoreErrors:       e.storeErrors + h.WriteErrors,
 		StoreSlowWrites:   h.SlowWrites,
 		StoreUnreachable:  h.Unreachable,
 		ReplayQueue:       int64(h.QueueLen),
 		StoreDropped:      h.Dropped,
 	}
-	for i := range e.results[:len(targets)] {
-		if e.results[i].Outcome == probe.Timeout {
-			in.Timeouts++
-		}
-	}
-	return in
 }
 
 // logTransition logs a service going down (one warning on its first
@@ -190,32 +308,6 @@ func errText(err error) string {
 		return "<nil>"
 	}
 	return redact.Text(err.Error())
-}
-
-// probeAll runs every target's probe, at most maxConcurrency at once, and
-// leaves the results in e.results (same order as targets).
-func (e *Engine) probeAll(ctx context.Context, targets []*Target) {
-	if cap(e.results) < len(targets) {
-		e.results = make([]probe.Result, len(targets))
-	}
-	e.results = e.results[:len(targets)]
-	workers := min(e.maxConcurrency, len(targets))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	wg.Add(workers)
-	for range workers {
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(targets) {
-					return
-				}
-				e.results[i] = e.trackProbe(ctx, targets[i].Prober)
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 // trackProbe runs one probe and keeps count of the probes in flight.

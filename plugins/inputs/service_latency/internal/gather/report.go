@@ -12,8 +12,11 @@ type Report struct {
 	// Err is the store's Update error: no service has a metric then
 	// (Services is empty).
 	Err error
-	// Services are the emitted services, in config order.
+	// Services are every service's latest round, in config order: those
+	// probed this gather and, for services not due (interval), their last
+	// round's entry. Probed counts those of this gather.
 	Services []Service
+	Probed   int
 	// Internal are the gather's own signals (service_latency_internal).
 	Internal Internal
 }
@@ -22,6 +25,10 @@ type Report struct {
 // shows of it.
 type Service struct {
 	Name string
+	// At is when the service's round started: its metric's timestamp. A
+	// service not due this gather (its interval is longer) carries the
+	// entry of its last round, with that round's time.
+	At time.Time
 	// Tags and Fields of the service_latency metric. Shared with the
 	// accumulator and the status server: read-only.
 	Tags   map[string]string

@@ -10,6 +10,7 @@ package gather
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
@@ -28,6 +29,8 @@ type Target struct {
 	Percentiles []float64
 	// Tags are the service's own tags.
 	Tags map[string]string
+	// Schedule: timeout, interval and rounds.
+	Schedule Schedule
 
 	// Derived once, used every gather.
 	fieldNames percentileNames
@@ -37,6 +40,11 @@ type Target struct {
 	// state may be shared with other agents). Written by the engine only.
 	down      bool
 	failedRun int64
+	// hash places the target within the spread; lastStart and last are its
+	// last round's start and entry.
+	hash      uint64
+	lastStart time.Time
+	last      *Service
 }
 
 type percentileNames struct {

@@ -373,6 +373,9 @@ func (s *Server) bookkeep(r *gather.Report) []serviceError {
 		switch {
 		case sv.Error != "":
 			e = lastError{msg: redact.Text(sv.Error), at: at}
+			if !sv.At.IsZero() {
+				e.at = sv.At.UTC() // when that probe ran (it may be an earlier gather's)
+			}
 		case !ok:
 			continue
 		}

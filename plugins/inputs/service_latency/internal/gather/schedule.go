@@ -1,0 +1,109 @@
+package gather
+
+import (
+	"hash/fnv"
+	"time"
+)
+
+// Schedule is when and how a target is probed.
+type Schedule struct {
+	// Timeout bounds a whole round: every sample of it ends by the
+	// round's start + Timeout.
+	Timeout time.Duration
+	// Interval between the target's rounds; 0: every gather. A target is
+	// due on a gather that starts at least Interval − cadence/2 after its
+	// last round started, so jitter in the gathers' timing cannot make it
+	// skip one.
+	Interval time.Duration
+	// Samples probes a round, SampleInterval apart (start to start).
+	Samples        int
+	SampleInterval time.Duration
+}
+
+// Settings are the engine's plugin-wide settings.
+type Settings struct {
+	MaxConcurrency int
+	// Spread: the rounds of a gather start over this duration, each target
+	// at a stable offset; with SpreadAuto it is derived from the observed
+	// cadence instead (see spread).
+	Spread     time.Duration
+	SpreadAuto bool
+	// Seed makes the offsets this agent's own: two agents probing the
+	// same services are not in lockstep.
+	Seed string
+}
+
+// cadenceHistory is how many recent gather starts the cadence is taken
+// from (the smallest interval between them: a late gather must not make
+// the spread overrun the next one).
+const cadenceHistory = 4
+
+// autoSpreadFraction of the cadence, less the largest round timeout, is
+// the automatic spread: the last round starts early enough to end
+// (timeout included) with a tenth of the cadence to spare.
+const autoSpreadFraction = 0.9
+
+// noteStart records a gather's start and returns the cadence observed so
+// far (0 while unknown: fewer than two gathers).
+func (e *Engine) noteStart(now time.Time) time.Duration {
+	e.starts = append(e.starts, now)
+	if len(e.starts) > cadenceHistory {
+		e.starts = e.starts[1:]
+	}
+	var c time.Duration
+	for i := 1; i < len(e.starts); i++ {
+		d := e.starts[i].Sub(e.starts[i-1])
+		if d > 0 && (c == 0 || d < c) {
+			c = d
+		}
+	}
+	return c
+}
+
+// spread is this gather's spread: the configured one, or with "auto"
+// max(0, 0.9 × cadence − the largest round timeout of the due targets),
+// 0 while the cadence is unknown.
+func (e *Engine) spread(cadence time.Duration, due []*Target) time.Duration {
+	if !e.settings.SpreadAuto {
+		return e.settings.Spread
+	}
+	if cadence <= 0 {
+		return 0
+	}
+	var budget time.Duration
+	for _, t := range due {
+		budget = max(budget, t.Schedule.Timeout)
+	}
+	return max(0, time.Duration(autoSpreadFraction*float64(cadence))-budget)
+}
+
+// due reports whether t has a round this gather.
+func (t *Target) due(now time.Time, cadence time.Duration) bool {
+	if t.Schedule.Interval <= 0 || t.lastStart.IsZero() {
+		return true
+	}
+	return now.Sub(t.lastStart) >= t.Schedule.Interval-cadence/2
+}
+
+// offsetHash is the stable hash behind a target's offset: of its name and
+// the agent's seed, so it survives restarts and reloads.
+func offsetHash(seed, name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(seed))
+	h.Write([]byte{0})
+	h.Write([]byte(name))
+	x := h.Sum64()
+	// fnv's low bits mix poorly for short keys: finish with a mixer
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	return x
+}
+
+// offset is t's start within a gather of the given spread.
+func (t *Target) offset(spread time.Duration) time.Duration {
+	if spread <= 0 {
+		return 0
+	}
+	return time.Duration(t.hash % uint64(spread))
+}
