@@ -194,7 +194,9 @@ func (e *Engine) runRounds(ctx context.Context, now time.Time, spread time.Durat
 				if !sleepUntil(ctx, at) {
 					return
 				}
-				out <- e.runRound(ctx, t, time.Now())
+				rd := e.runRound(ctx, t, time.Now())
+				rd.scheduled = at
+				out <- rd
 			}
 		}()
 	}
@@ -237,7 +239,9 @@ func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit fun
 		s := &Service{}
 		e.service(s, t, &rd.result, entry.State)
 		s.At = rd.start
-		t.last, t.lastStart = s, rd.start
+		// the schedule counts from the planned start (the gather's time
+		// plus the offset), so that it follows the gathers' own clock
+		t.last, t.lastStart = s, rd.scheduled
 		rep.Probed++
 		emit(s)
 	}

@@ -12,7 +12,8 @@ import (
 // sample of it, each an observation of the state.
 type round struct {
 	target *Target
-	start  time.Time
+	// start is when the round began; scheduled when it was planned to.
+	start, scheduled time.Time
 	result probe.Result
 	// samples, in order, with their own times.
 	samples []sample
