@@ -136,6 +136,11 @@ func TestConfigErrorsFoundByUsers(t *testing.T) {
 		{"name ending in a backslash", "[[inputs.service_latency]]\n[[inputs.service_latency.service]]\n  name = 'x\\'\n  url = \"http://127.0.0.1:1/\"\n",
 			[]string{":3: ", "name", "backslash"}, nil},
 		{"tag ending in a backslash", "[[inputs.service_latency]]\n" + svc + "  tags = { team = 'a\\' }\n", []string{":5: ", "tags", "backslash"}, nil},
+		{"interval not whole seconds", "[[inputs.service_latency]]\n" + svc + "  interval = \"1500ms\"\n", []string{":5: ", `service "api"`, "interval", "whole seconds"}, nil},
+		{"plugin interval too short", "[[inputs.service_latency]]\n  interval = \"500ms\"\n" + svc, []string{":2: ", "interval"}, nil},
+		{"samples out of range", "[[inputs.service_latency]]\n  samples = 0\n" + svc, []string{":2: ", "samples"}, nil},
+		{"round does not fit the timeout", "[[inputs.service_latency]]\n  timeout = \"1s\"\n" + svc + "  samples = 5\n  sample_interval = \"300ms\"\n", []string{":6: ", `service "api"`, "samples", "timeout"}, nil},
+		{"spread not a duration", "[[inputs.service_latency]]\n  spread = \"soon\"\n" + svc, []string{":2: ", "spread", "auto"}, nil},
 		{"state file is a directory", "[[inputs.service_latency]]\n  state_file = \"" + t.TempDir() + "\"\n" + svc, []string{":2: ", "state_file", "directory"}, nil},
 	}
 	for _, tc := range cases {
