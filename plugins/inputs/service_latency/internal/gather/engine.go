@@ -72,6 +72,7 @@ func (e *Engine) SetTargets(targets []*Target, s Settings) (old []*Target) {
 		t.hash = offsetHash(s.Seed, t.Name)
 		if p := prev[t.Name]; p != nil {
 			t.lastStart, t.last, t.down, t.failedRun = p.lastStart, p.last, p.down, p.failedRun
+			t.history, t.next = p.history, p.next
 		}
 	}
 	old, e.targets, e.settings = e.targets, targets, s
@@ -239,6 +240,11 @@ func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit fun
 		s := &Service{}
 		e.service(s, t, &rd.result, entry.State)
 		s.At = rd.start
+		h := HistoryEntry{At: rd.start, Result: rd.result.Outcome.String(), Error: s.Error}
+		if rd.result.Outcome == probe.Success {
+			h.Latency = rd.result.Latency.Seconds()
+		}
+		s.History = t.remember(h)
 		// the schedule counts from the planned start (the gather's time
 		// plus the offset), so that it follows the gathers' own clock
 		t.last, t.lastStart = s, rd.scheduled

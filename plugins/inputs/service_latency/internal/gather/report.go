@@ -45,6 +45,22 @@ type Service struct {
 	// Error is this gather's failure, "<result>: <cause>", with
 	// credentials removed; "" when the probe succeeded.
 	Error string
+	// History are the service's last HistoryLen rounds, newest first:
+	// per service, so a service that always fails cannot push another
+	// one's rare failure out.
+	History []HistoryEntry
+}
+
+// HistoryLen is how many rounds a service's history keeps.
+const HistoryLen = 20
+
+// HistoryEntry is one round in a service's history.
+type HistoryEntry struct {
+	At     time.Time
+	Result string
+	// Latency of a successful round (seconds); 0 for a failed one.
+	Latency float64
+	Error   string
 }
 
 // Bucket is one cumulative histogram bucket.

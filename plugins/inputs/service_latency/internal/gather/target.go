@@ -45,6 +45,25 @@ type Target struct {
 	hash      uint64
 	lastStart time.Time
 	last      *Service
+	// history is a ring of the last HistoryLen rounds; next is where the
+	// next one goes.
+	history []HistoryEntry
+	next    int
+}
+
+// remember adds a round to the history and returns it newest first.
+func (t *Target) remember(h HistoryEntry) []HistoryEntry {
+	if len(t.history) < HistoryLen {
+		t.history = append(t.history, h)
+	} else {
+		t.history[t.next] = h
+	}
+	t.next = (t.next + 1) % HistoryLen
+	out := make([]HistoryEntry, len(t.history))
+	for i := range out {
+		out[i] = t.history[(t.next-1-i+2*HistoryLen)%HistoryLen%len(t.history)]
+	}
+	return out
 }
 
 type percentileNames struct {

@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/gather"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
 )
 
 // Indentation of a service's members and of their members.
@@ -107,6 +108,31 @@ func (e *serviceEncoder) appendService(b []byte, sv *gather.Service, le *service
 		if b, err = appendTime(b, le.at); err != nil {
 			return b, err
 		}
+	}
+	if len(sv.History) > 0 {
+		// newest first; one compact object per round
+		b = append(b, ","+memIndent+`"history": [`...)
+		for i, h := range sv.History {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = append(b, `{"time": `...)
+			if b, err = appendTime(b, h.At); err != nil {
+				return b, err
+			}
+			b = append(b, `, "result": `...)
+			b = appendJSONString(b, h.Result)
+			if h.Latency > 0 {
+				b = append(b, `, "latency": `...)
+				b = strconv.AppendFloat(b, h.Latency, 'g', -1, 64)
+			}
+			if h.Error != "" {
+				b = append(b, `, "error": `...)
+				b = appendJSONString(b, redact.Text(h.Error))
+			}
+			b = append(b, '}')
+		}
+		b = append(b, ']')
 	}
 	return append(b, svcIndent+"}"...), nil
 }

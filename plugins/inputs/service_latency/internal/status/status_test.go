@@ -569,3 +569,39 @@ func TestServedDuringPublish(t *testing.T) {
 	require.Equal(t, int64(30), doc.Gathers)
 	require.EqualValues(t, 30, doc.Services[0].Fields["latency_count"])
 }
+
+// /status keeps per service its last rounds (history), newest first.
+func TestStatusHistory(t *testing.T) {
+	s := New(Settings{Listen: "127.0.0.1:0"}, nil)
+	require.NoError(t, s.Start())
+	defer s.Stop()
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	s.Publish(&gather.Report{Start: at, End: at, Services: []gather.Service{{
+		Name: "api", Tags: map[string]string{}, Fields: map[string]any{},
+		History: []gather.HistoryEntry{
+			{At: at, Result: "timeout", Error: "timeout: i/o timeout"},
+			{At: at.Add(-time.Second), Result: "success", Latency: 0.012},
+		},
+	}}})
+	resp, err := http.Get("http://" + s.Addr() + "/status")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var doc struct {
+		Services []struct {
+			History []struct {
+				Time    time.Time `json:"time"`
+				Result  string    `json:"result"`
+				Latency float64   `json:"latency"`
+				Error   string    `json:"error"`
+			} `json:"history"`
+		} `json:"services"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&doc))
+	h := doc.Services[0].History
+	require.Len(t, h, 2)
+	require.Equal(t, "timeout", h[0].Result)
+	require.Equal(t, "timeout: i/o timeout", h[0].Error)
+	require.True(t, at.Equal(h[0].Time))
+	require.Equal(t, "success", h[1].Result)
+	require.Equal(t, 0.012, h[1].Latency)
+}
