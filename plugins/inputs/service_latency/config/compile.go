@@ -23,7 +23,7 @@ type Spec struct {
 	// Engine are the engine's plugin-wide settings (concurrency, spread).
 	Engine gather.Settings
 	Store  StoreSpec
-	Status         status.Settings
+	Status status.Settings
 	// CollectInternal: emit service_latency_internal every gather.
 	CollectInternal bool
 }

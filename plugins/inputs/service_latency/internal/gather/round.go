@@ -14,7 +14,7 @@ type round struct {
 	target *Target
 	// start is when the round began; scheduled when it was planned to.
 	start, scheduled time.Time
-	result probe.Result
+	result           probe.Result
 	// samples, in order, with their own times.
 	samples []sample
 }
