@@ -8,13 +8,7 @@ import (
 // fieldsOf turns a probe result and the service's state snapshot into the
 // tags and fields of its service_latency metric. It is a pure function.
 func fieldsOf(t *Target, r *probe.Result, snap *stats.Snapshot) (map[string]string, map[string]any) {
-	tags := make(map[string]string, 4+len(t.Tags))
-	for k, v := range t.Tags {
-		tags[k] = v
-	}
-	tags["service"] = t.Name
-	tags["probe"] = t.Prober.Kind()
-	tags["server"] = t.Server
+	tags := baseTags(t, 1)
 	tags["result"] = r.Outcome.String()
 
 	// At most maxStateFields state fields besides the percentiles: an
@@ -41,14 +35,20 @@ func histogram(t *Target, snap *stats.Snapshot) ([]Bucket, map[string]string) {
 	for i, c := range snap.Cumulative {
 		buckets[i] = Bucket{LE: t.le[i], Count: c}
 	}
-	htags := make(map[string]string, 3+len(t.Tags))
+	return buckets, baseTags(t, 0)
+}
+
+// baseTags are the tags every metric of a service carries: its own and
+// service, probe, server; room is left for extra more.
+func baseTags(t *Target, extra int) map[string]string {
+	tags := make(map[string]string, 3+extra+len(t.Tags))
 	for k, v := range t.Tags {
-		htags[k] = v
+		tags[k] = v
 	}
-	htags["service"] = t.Name
-	htags["probe"] = t.Prober.Kind()
-	htags["server"] = t.Server
-	return buckets, htags
+	tags["service"] = t.Name
+	tags["probe"] = t.Prober.Kind()
+	tags["server"] = t.Server
+	return tags
 }
 
 // maxStateFields is the most fields metric and stateFields add besides the
