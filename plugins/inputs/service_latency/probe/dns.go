@@ -13,14 +13,22 @@
 // (default) or tcp. Queries ask for recursion and advertise an EDNS0
 // buffer of 1232 bytes.
 //
+// A UDP reply with the TC (truncated) bit set is asked again over TCP, as
+// resolvers do; latency is then the UDP round trip plus the TCP round
+// trip (the TCP connect in tcp_connect, as for transport=tcp), and the
+// reply judged is the TCP one.
+//
 // Outcomes: NOERROR with answers → Success; NOERROR without answers →
 // DNSNoAnswer (answers are the answer-section records of the asked type:
 // a CNAME alone does not answer an A query); NXDOMAIN → DNSNXDomain;
 // SERVFAIL → DNSServFail; another rcode → DNSRcodeError; no reply by the
 // deadline → Timeout; refused or other network error → ConnectionFailed.
 //
-// Fields: dns_rcode (string, "NOERROR") and dns_answers (int64, records of
-// the asked type) whenever a reply came; tcp_connect for transport=tcp.
+// Fields: dns_rcode (string, "NOERROR"), dns_answers (int64, records of
+// the asked type) and dns_transport ("udp" or "tcp": which answered)
+// whenever a reply came; tcp_connect for transport=tcp and after a
+// truncated UDP reply; remote_address (the server's IP) once connected.
+// A server given by name is resolved per probe by ip_protocol (net.go).
 
 package probe
 
@@ -56,7 +64,11 @@ var dnsTypes = map[string]uint16{
 }
 
 type dnsProber struct {
-	server  string // host:port
+	host    string
+	port    string
+	net     netConfig
+	// udpDialer, tcpDialer carry the timeout and source_address.
+	udpDialer, tcpDialer net.Dialer
 	name    string // FQDN
 	qtype   uint16
 	tcp     bool
@@ -64,7 +76,7 @@ type dnsProber struct {
 	client  *dns.Client
 }
 
-func newDNS(u *url.URL, timeout time.Duration) (*dnsProber, error) {
+func newDNS(u *url.URL, timeout time.Duration, o *Options) (*dnsProber, error) {
 	if u.User != nil {
 		return nil, keyerr.Errorf("url", "dns URLs take no user info, got %q", redactURL(u.String()))
 	}
@@ -112,20 +124,20 @@ func newDNS(u *url.URL, timeout time.Duration) (*dnsProber, error) {
 		if len(cfg.Servers) == 0 {
 			return nil, keyerr.Errorf("url", "no server given and none in %s", resolvConf)
 		}
-		p.server = net.JoinHostPort(cfg.Servers[0], cfg.Port)
+		p.host, p.port = cfg.Servers[0], cfg.Port
 	} else {
 		host, port, err := hostPort(u, "53")
 		if err != nil {
 			return nil, err
 		}
-		p.server = net.JoinHostPort(host, port)
+		p.host, p.port = host, port
 	}
-
-	network := "udp"
-	if p.tcp {
-		network = "tcp"
+	var err error
+	if p.net, err = newNetConfig(o); err != nil {
+		return nil, err
 	}
-	p.client = &dns.Client{Net: network, Timeout: timeout, UDPSize: ednsBufSize}
+	p.udpDialer, p.tcpDialer = p.net.dialer(timeout, "udp"), p.net.dialer(timeout, "tcp")
+	p.client = &dns.Client{Timeout: timeout, UDPSize: ednsBufSize}
 	return p, nil
 }
 
@@ -153,23 +165,25 @@ func (p *dnsProber) Probe(parent context.Context) Result {
 	m.SetQuestion(p.name, p.qtype)
 	m.SetEdns0(ednsBufSize, false)
 
-	start := time.Now()
-	co, err := p.client.DialContext(ctx, p.server)
-	connected := time.Now()
-	if err != nil {
-		return Result{Outcome: classify(ctx, err, false), Latency: connected.Sub(start), Err: err}
+	fields := make([]Field, 0, 5)
+	r, rtt, fields, res := p.exchange(ctx, m, p.tcp, fields)
+	if res != nil {
+		return *res
 	}
-	defer co.Close()
-	stop := context.AfterFunc(ctx, func() { _ = co.SetDeadline(pastDeadline) })
-	defer stop()
-
-	fields := make([]Field, 0, 3)
+	transport := "udp"
 	if p.tcp {
-		fields = append(fields, Field{"tcp_connect", connected.Sub(start).Seconds()})
-	}
-	r, rtt, err := p.client.ExchangeWithConnContext(ctx, m, co)
-	if err != nil {
-		return Result{Outcome: classify(ctx, err, false), Latency: time.Since(connected), Err: err, Fields: fields}
+		transport = "tcp"
+	} else if r.Truncated {
+		// The answer did not fit: ask again over TCP, as resolvers do.
+		transport = "tcp"
+		var rtt2 time.Duration
+		before := rtt
+		r, rtt2, fields, res = p.exchange(ctx, m, true, fields[:0])
+		if res != nil {
+			res.Latency += before
+			return *res
+		}
+		rtt = before + rtt2
 	}
 	rcode := dns.RcodeToString[r.Rcode]
 	if rcode == "" {
@@ -181,21 +195,51 @@ func (p *dnsProber) Probe(parent context.Context) Result {
 			answers++
 		}
 	}
-	fields = append(fields, Field{"dns_rcode", rcode}, Field{"dns_answers", int64(answers)})
-	res := Result{Outcome: Success, Latency: rtt, Fields: fields}
+	fields = append(fields, Field{"dns_rcode", rcode}, Field{"dns_answers", int64(answers)}, Field{"dns_transport", transport})
+	out := Result{Outcome: Success, Latency: rtt, Fields: fields}
 	switch r.Rcode {
 	case dns.RcodeSuccess:
 		if answers == 0 {
-			res.Outcome, res.Err = DNSNoAnswer, errNoAnswer
+			out.Outcome, out.Err = DNSNoAnswer, errNoAnswer
 		}
 	case dns.RcodeNameError:
-		res.Outcome, res.Err = DNSNXDomain, errNXDomain
+		out.Outcome, out.Err = DNSNXDomain, errNXDomain
 	case dns.RcodeServerFailure:
-		res.Outcome, res.Err = DNSServFail, errServFail
+		out.Outcome, out.Err = DNSServFail, errServFail
 	default:
-		res.Outcome, res.Err = DNSRcodeError, fmt.Errorf("server answered %s", rcode)
+		out.Outcome, out.Err = DNSRcodeError, fmt.Errorf("server answered %s", rcode)
 	}
-	return res
+	return out
+}
+
+// exchange sends m over a fresh connection (TCP when tcp) and returns the
+// reply and its round trip, with tcp_connect and remote_address appended
+// to fields; or, when no reply came, the failed Result.
+func (p *dnsProber) exchange(ctx context.Context, m *dns.Msg, tcp bool, fields []Field) (*dns.Msg, time.Duration, []Field, *Result) {
+	network, d := "udp", p.udpDialer
+	if tcp {
+		network, d = "tcp", p.tcpDialer
+	}
+	start := time.Now()
+	c, err := p.net.dial(ctx, d, network, p.host, p.port)
+	connected := time.Now()
+	if err != nil {
+		return nil, 0, fields, &Result{Outcome: classify(ctx, err, false), Latency: connected.Sub(start), Err: err, Fields: fields}
+	}
+	co := &dns.Conn{Conn: c, UDPSize: ednsBufSize}
+	defer co.Close()
+	stop := context.AfterFunc(ctx, func() { _ = co.SetDeadline(pastDeadline) })
+	defer stop()
+
+	if tcp {
+		fields = append(fields, Field{"tcp_connect", connected.Sub(start).Seconds()})
+	}
+	fields = remoteField(fields, c)
+	r, rtt, err := p.client.ExchangeWithConnContext(ctx, m, co)
+	if err != nil {
+		return nil, 0, fields, &Result{Outcome: classify(ctx, err, false), Latency: time.Since(connected), Err: err, Fields: fields}
+	}
+	return r, rtt, fields, nil
 }
 
 var (

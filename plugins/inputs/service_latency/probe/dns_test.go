@@ -185,7 +185,8 @@ func TestDNSServerSelection(t *testing.T) {
 	} {
 		p, err := New(u, time.Second, Options{})
 		require.NoError(t, err, u)
-		require.Equal(t, want, p.(*dnsProber).server, u)
+		dp := p.(*dnsProber)
+		require.Equal(t, want, net.JoinHostPort(dp.host, dp.port), u)
 	}
 
 	resolvConf = filepath.Join(t.TempDir(), "missing")

@@ -15,7 +15,9 @@
 // happen is absent): dns_lookup, tcp_connect, tls_handshake,
 // time_to_first_byte (request written → first response byte),
 // body_transfer (final first byte → body read). Also http_response_code
-// (int64, whenever a response came) and, for a TLS connection,
+// (int64, whenever a response came), remote_address (string, the IP the
+// connection went to — the proxy's with a proxy — once connected; see
+// net.go for ip_protocol and source_address) and, for a TLS connection,
 // tls_cert_expiry (seconds until the verified chain expires, negative once
 // expired) and tls_version ("1.3").
 //
@@ -176,6 +178,10 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 	if err != nil {
 		return nil, err
 	}
+	nc, err := newNetConfig(o)
+	if err != nil {
+		return nil, err
+	}
 
 	if o.HTTPProxyURL != "" {
 		pu, err := url.Parse(o.HTTPProxyURL)
@@ -211,18 +217,32 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 		Host:       reqHost,
 	}
 	if fastOK && !keepAlive && !follow && proxyFunc == nil {
-		if p.fast = newFastHTTP(u, host, port, p.base, p.body, p.auth, tlsCfg, timeout); p.fast != nil {
+		if p.fast = newFastHTTP(u, host, port, p.base, p.body, p.auth, tlsCfg, timeout, nc); p.fast != nil {
 			return p, nil
 		}
 	}
 
-	dialer := &net.Dialer{Timeout: timeout, KeepAlive: -1}
+	dialer := nc.dialer(timeout, "tcp")
 	if keepAlive {
 		dialer.KeepAlive = 0 // Go's default TCP keep-alive
 	}
 	p.transport = &http.Transport{
-		Proxy:                  proxyFunc,
-		DialContext:            dialer.DialContext,
+		Proxy: proxyFunc,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			c, err := nc.dial(ctx, dialer, network, host, port)
+			if ph, ok := ctx.Value(phasesKey{}).(*phases); ok && err == nil {
+				// Also when TLS then fails (GotConn is not called then).
+				ip := remoteIP(c.RemoteAddr())
+				ph.mu.Lock()
+				ph.remote = ip
+				ph.mu.Unlock()
+			}
+			return c, err
+		},
 		TLSClientConfig:        tlsCfg,
 		TLSHandshakeTimeout:    timeout,
 		DisableKeepAlives:      !keepAlive,
@@ -249,6 +269,9 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 	return p, nil
 }
 
+// phasesKey carries a probe's *phases to the Transport's DialContext.
+type phasesKey struct{}
+
 // Kind returns "http" (for http and https URLs).
 func (*httpProber) Kind() string { return "http" }
 
@@ -268,7 +291,7 @@ func (p *httpProber) Probe(parent context.Context) Result {
 	defer cancel()
 
 	ph := new(phases)
-	req := p.base.WithContext(httptrace.WithClientTrace(ctx, ph.trace()))
+	req := p.base.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, phasesKey{}, ph), ph.trace()))
 	if p.body != "" {
 		req.Body, _ = p.getBody()
 		req.GetBody = p.getBody
@@ -485,6 +508,9 @@ func (ph *phases) httpFields(resp *http.Response, bodyEnd, now time.Time) []Fiel
 	}
 	if !bodyEnd.IsZero() && !ph.first.IsZero() {
 		f = append(f, Field{"body_transfer", bodyEnd.Sub(ph.first).Seconds()})
+	}
+	if ph.remote != "" {
+		f = append(f, Field{"remote_address", ph.remote})
 	}
 	if resp != nil {
 		f = append(f, Field{"http_response_code", int64(resp.StatusCode)})

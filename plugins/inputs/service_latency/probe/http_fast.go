@@ -21,7 +21,8 @@
 // headers, 1xx responses skipped), and errors read as http.Client's
 // (`Get "http://host/": dial tcp ...`). The differences: the resolved
 // addresses of a host name are tried one after another (each with its
-// share of the remaining time, as net.Dialer does) instead of racing the
+// share of the remaining time, as net.Dialer does; the Transport path does
+// the same since it dials through netConfig too) instead of racing the
 // second address family after 300 ms; a TLS connection is closed without
 // sending close_notify (as the TCP prober does); and a DNS lookup or TLS
 // handshake cut short by the deadline is always reported (dns_lookup,
@@ -48,7 +49,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -60,7 +60,6 @@ type fastHTTP struct {
 	https   bool
 	host    string // to resolve (a host name) or dial (an IP literal)
 	port    string
-	addr    string // host:port when host is an IP literal, else ""
 	tlsCfg  *tls.Config
 	head    []byte // request line and headers, each ending in CRLF; no blank line
 	body    []byte // the request body, sent after the blank line
@@ -68,6 +67,7 @@ type fastHTTP struct {
 	errOp   string // url.Error's Op, as http.Client reports it ("Get")
 	errURL  string // url.Error's URL (no userinfo)
 	dialer  net.Dialer
+	net     netConfig
 	maxHead int64
 }
 
@@ -79,7 +79,7 @@ var fastExcluded = [...]string{"Connection", "Upgrade", "Transfer-Encoding", "Tr
 // Transport (see the file comment). u is the probe's URL, host and port
 // its checked host and port (hostPort), tlsCfg the prober's TLS
 // configuration (nil: Go's defaults).
-func newFastHTTP(u *url.URL, host, port string, base *http.Request, body string, auth authKind, tlsCfg *tls.Config, timeout time.Duration) *fastHTTP {
+func newFastHTTP(u *url.URL, host, port string, base *http.Request, body string, auth authKind, tlsCfg *tls.Config, timeout time.Duration, nc netConfig) *fastHTTP {
 	if host == "" || !isPrintableASCII(host) {
 		return nil
 	}
@@ -102,11 +102,9 @@ func newFastHTTP(u *url.URL, host, port string, base *http.Request, body string,
 		port:    port,
 		errOp:   urlErrorOp(base.Method),
 		errURL:  base.URL.String(),
-		dialer:  net.Dialer{Timeout: timeout, KeepAlive: -1},
+		dialer:  nc.dialer(timeout, "tcp"),
+		net:     nc,
 		maxHead: maxResponseHeaderBytes,
-	}
-	if _, err := netip.ParseAddr(host); err == nil {
-		f.addr = net.JoinHostPort(host, f.port)
 	}
 	if f.https {
 		// What the Transport does per connection: a clone of the
@@ -216,7 +214,6 @@ var (
 	errHeaderLimit   = errors.New("read limit of response header bytes exhausted")
 	errHeaderTooBig  = fmt.Errorf("net/http: server response headers exceeded %d bytes; aborted", maxResponseHeaderBytes)
 	errInvalidAuth   = fmt.Errorf("net/http: invalid header field value for %q", "Authorization")
-	errNoSuchAddress = errors.New("no suitable address found")
 )
 
 // probeFast is Probe on the fast path; see the file comment.
@@ -264,7 +261,7 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	}
 
 	start = time.Now()
-	raw, err := f.dial(ctx, &ph, deadline)
+	raw, err := f.dial(ctx, &ph)
 	if err != nil {
 		return fail(err, false)
 	}
@@ -368,63 +365,10 @@ func (f *fastHTTP) readResponse(br *bufio.Reader, req *http.Request) (*http.Resp
 }
 
 // dial resolves a host name and connects, filling the dns_lookup and
-// tcp_connect phases as the Transport's trace hooks do.
-func (f *fastHTTP) dial(ctx context.Context, ph *phases, deadline time.Time) (net.Conn, error) {
-	if f.addr != "" {
-		ph.connStart = time.Now()
-		c, err := f.dialer.DialContext(ctx, "tcp", f.addr)
-		if err == nil {
-			ph.connect, ph.did = time.Since(ph.connStart), ph.did|didConnect
-		}
-		return c, err
-	}
-
-	dnsStart := time.Now()
-	ips, err := net.DefaultResolver.LookupIPAddr(ctx, f.host)
-	ph.dns, ph.did = time.Since(dnsStart), ph.did|didDNS
-	if err == nil && len(ips) == 0 {
-		err = &net.AddrError{Err: errNoSuchAddress.Error(), Addr: f.host}
-	}
-	if err != nil {
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
-	}
-	// net.Dialer's order: the first address's family, then the other.
-	addrs := make([]string, 0, len(ips))
-	first4 := ips[0].IP.To4() != nil
-	for pass := 0; pass < 2; pass++ {
-		for _, ip := range ips {
-			if (ip.IP.To4() != nil == first4) == (pass == 0) {
-				addrs = append(addrs, net.JoinHostPort(ip.String(), f.port))
-			}
-		}
-	}
-	ph.connStart = time.Now()
-	var firstErr error
-	for i, addr := range addrs {
-		d := f.dialer
-		if rest := len(addrs) - i; rest > 1 {
-			// Each address gets its share of the remaining time, as
-			// net.Dialer gives it (at least 2 s when there is that much).
-			now := time.Now()
-			share := deadline.Sub(now) / time.Duration(rest)
-			if share < 2*time.Second {
-				share = min(deadline.Sub(now), 2*time.Second)
-			}
-			d.Deadline = now.Add(share)
-		}
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			ph.connect, ph.did = time.Since(ph.connStart), ph.did|didConnect
-			return c, nil
-		}
-		if firstErr == nil {
-			firstErr = err
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, firstErr
+// tcp_connect phases as the Transport's trace hooks do, and the remote
+// address (netConfig.dialPhases).
+func (f *fastHTTP) dial(ctx context.Context, ph *phases) (net.Conn, error) {
+	return f.net.dialPhases(ctx, f.dialer, f.host, f.port, ph)
 }
 
 // urlError wraps err as http.Client.Do does.

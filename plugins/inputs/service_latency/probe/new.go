@@ -27,8 +27,11 @@ var UserAgent = "service_latency"
 
 // New validates rawURL and o and returns the prober for the URL's scheme:
 // http and https → HTTP, tcp → TCP (tcp://host:port), dns → DNS
-// (dns://[server[:port]]/name?type=A&transport=udp). It does no network
-// I/O. Every error is a *keyerr.Error whose Key is the toml key at fault
+// (dns://[server[:port]]/name?type=A&transport=udp), icmp → ICMP
+// (icmp://host), grpc and grpcs → the gRPC health check
+// (grpc://host:port[/service]). It sends nothing over the network; it
+// opens and closes sockets to check what it must (an ICMP socket of the
+// kind privileged picks, a UDP socket bound to source_address). Every error is a *keyerr.Error whose Key is the toml key at fault
 // ("url", "body_regex", "timeout", "tls_ca", ...); no error contains a
 // password. On error the Prober is nil.
 //
@@ -48,9 +51,9 @@ func New(rawURL string, timeout time.Duration, o Options) (Prober, error) {
 	}
 	if _, known := schemeGroups[u.Scheme]; !known {
 		if u.Scheme == "" {
-			return nil, keyerr.Errorf("url", "missing scheme in %q (want http, https, tcp, dns)", redactURL(rawURL))
+			return nil, keyerr.Errorf("url", "missing scheme in %q (want %s)", redactURL(rawURL), schemeList)
 		}
-		return nil, keyerr.Errorf("url", "unsupported scheme %q (want http, https, tcp, dns)", u.Scheme)
+		return nil, keyerr.Errorf("url", "unsupported scheme %q (want %s)", u.Scheme, schemeList)
 	}
 	if err := o.misplacedKey(u.Scheme); err != nil {
 		return nil, err
@@ -60,8 +63,12 @@ func New(rawURL string, timeout time.Duration, o Options) (Prober, error) {
 		return checked(newHTTP(u, timeout, &o))
 	case "tcp":
 		return checked(newTCP(u, timeout, &o))
+	case "icmp":
+		return checked(newICMP(u, timeout, &o))
+	case "grpc", "grpcs":
+		return checked(newGRPC(u, timeout, &o))
 	default: // "dns"
-		return checked(newDNS(u, timeout))
+		return checked(newDNS(u, timeout, &o))
 	}
 }
 
@@ -162,6 +169,7 @@ type phases struct {
 	dns, connect, handshake, ttfb               time.Duration
 	did                                         uint8
 	tlsFailed                                   bool
+	remote                                      string // remote_address
 }
 
 const (
@@ -191,6 +199,15 @@ func (ph *phases) trace() *httptrace.ClientTrace {
 		if err != nil {
 			ph.tlsFailed = true
 		}
+		ph.mu.Unlock()
+	}
+	t.GotConn = func(info httptrace.GotConnInfo) {
+		if info.Conn == nil {
+			return
+		}
+		ip := remoteIP(info.Conn.RemoteAddr())
+		ph.mu.Lock()
+		ph.remote = ip
 		ph.mu.Unlock()
 	}
 	t.WroteRequest = func(httptrace.WroteRequestInfo) {

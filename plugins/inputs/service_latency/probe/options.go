@@ -22,15 +22,18 @@ import (
 // "not set": the service inherits the plugin-wide value, then the default.
 //
 // Which keys apply: the HTTP group and the proxy keys (proxy.HTTPProxy) to
-// http/https URLs; the TCP group to tcp URLs; the tls_* keys
-// (tls.ClientConfig) to http/https URLs and to tcp URLs with tls = true (or
-// tls_enable = true). New rejects HTTP and proxy keys on tcp/dns URLs, TCP
-// keys on http/https/dns URLs and tls_* keys on dns URLs; tls_* keys on a
-// tcp URL without TLS are ignored.
+// http/https URLs; the TCP group to tcp URLs; the ICMP group to icmp URLs;
+// the gRPC group to grpc/grpcs URLs; the net group (ip_protocol,
+// source_address) to every scheme; the tls_* keys (tls.ClientConfig) to
+// http/https and grpcs URLs and to tcp URLs with tls = true (or tls_enable
+// = true). New rejects a key set on a URL none of its groups applies to
+// (send on an http URL, count on a tcp URL, tls_ca on a dns, icmp or
+// grpc URL); tls_* keys on a tcp URL without TLS are ignored.
 //
-// Each field's `probe` tag is its group ("http", "tcp" or "tls"): the one
-// place WithDefaults, ApplicableTo and New learn which keys exist and where
-// they apply (see optionFields). An embedded struct is one unit: inherited
+// Each field's `probe` tag lists its groups ("http", "tcp", "tls", "icmp",
+// "grpc", "net"; "http,grpc" for a key of both): the one place
+// WithDefaults, ApplicableTo and New learn which keys exist and where they
+// apply (see optionFields). An embedded struct is one unit: inherited
 // wholesale, its keys in its own toml tags.
 type Options struct {
 	// HTTP
@@ -42,7 +45,7 @@ type Options struct {
 	BodyContains    string            `toml:"body_contains" probe:"http"`
 	BodyRegex       string            `toml:"body_regex" probe:"http"`
 	MaxBodySize     config.Size       `toml:"max_body_size" probe:"http"`
-	KeepAlive       *bool             `toml:"keep_alive" probe:"http"`
+	KeepAlive       *bool             `toml:"keep_alive" probe:"http,grpc"`
 	Username        config.Secret     `toml:"username" probe:"http"`
 	Password        config.Secret     `toml:"password" probe:"http"`
 	BearerToken     config.Secret     `toml:"bearer_token" probe:"http"`
@@ -52,6 +55,17 @@ type Options struct {
 	Expect      string `toml:"expect" probe:"tcp"`
 	ExpectRegex string `toml:"expect_regex" probe:"tcp"`
 	TLS         *bool  `toml:"tls" probe:"tcp"`
+
+	// ICMP (icmp.go): a round of Count echo requests PingInterval apart.
+	Count        *int            `toml:"count" probe:"icmp"`
+	PingInterval config.Duration `toml:"ping_interval" probe:"icmp"`
+	PayloadSize  *int            `toml:"payload_size" probe:"icmp"`
+	TTL          *int            `toml:"ttl" probe:"icmp"`
+	Privileged   Privileged      `toml:"privileged" probe:"icmp"`
+
+	// Every network probe (net.go).
+	IPProtocol    string `toml:"ip_protocol" probe:"net"`
+	SourceAddress string `toml:"source_address" probe:"net"`
 
 	tls.ClientConfig `probe:"tls"`
 	proxy.HTTPProxy  `probe:"http"`
@@ -63,37 +77,88 @@ type group string
 const (
 	groupHTTP group = "http" // http and https URLs
 	groupTCP  group = "tcp"  // tcp URLs
-	groupTLS  group = "tls"  // http, https, and tcp with TLS
+	groupTLS  group = "tls"  // http, https, grpcs, and tcp with TLS
+	groupICMP group = "icmp" // icmp URLs
+	groupGRPC group = "grpc" // grpc and grpcs URLs
+	groupNet  group = "net"  // every network probe
 )
 
-// groupOrder is the order in which New reports misplaced keys, and the
-// note it adds ("(http only)").
+// groupOrder is the order in which New reports misplaced keys (by a key's
+// first group), and the name a group adds to the note of a misplaced key
+// ("(http only)"; none for tls and net).
 var groupOrder = []struct {
 	g    group
-	note string
+	name string
 }{
-	{groupHTTP, " (http only)"},
-	{groupTCP, " (tcp only)"},
+	{groupHTTP, "http"},
+	{groupTCP, "tcp"},
 	{groupTLS, ""},
+	{groupICMP, "icmp"},
+	{groupGRPC, "grpc"},
+	{groupNet, ""},
 }
 
 // schemeGroups are the groups that apply to each scheme.
 var schemeGroups = map[string][]group{
-	"http":  {groupHTTP, groupTLS},
-	"https": {groupHTTP, groupTLS},
-	"tcp":   {groupTCP, groupTLS},
-	"dns":   nil,
+	"http":  {groupHTTP, groupTLS, groupNet},
+	"https": {groupHTTP, groupTLS, groupNet},
+	"tcp":   {groupTCP, groupTLS, groupNet},
+	"dns":   {groupNet},
+	"icmp":  {groupICMP, groupNet},
+	"grpc":  {groupGRPC, groupNet},
+	"grpcs": {groupGRPC, groupTLS, groupNet},
 }
+
+// schemeList is the list of schemes for error messages.
+const schemeList = "http, https, tcp, dns, icmp, grpc, grpcs"
 
 // optionField is one field of Options: a setting, or an embedded struct
 // taken as one unit.
 type optionField struct {
 	index int
-	group group
+	// groups are the field's groups, from its `probe` tag, in tag order.
+	groups []group
 	// keys are the toml keys: one for a setting, one per field of an
 	// embedded struct (in declaration order).
 	keys     []string
 	embedded bool
+}
+
+// in reports whether f belongs to g.
+func (f *optionField) in(g group) bool { return slices.Contains(f.groups, g) }
+
+// appliesTo reports whether one of f's groups is in applies.
+func (f *optionField) appliesTo(applies []group) bool {
+	for _, g := range f.groups {
+		if slices.Contains(applies, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// note is what a misplaced key's error adds: " (http only)", " (http,
+// grpc only)", or "" for a key of the tls or net group.
+func (f *optionField) note() string {
+	var names []string
+	for _, g := range groupOrder {
+		if g.name != "" && f.in(g.g) {
+			names = append(names, g.name)
+		}
+	}
+	if len(names) == 0 || f.in(groupTLS) || f.in(groupNet) {
+		return ""
+	}
+	return " (" + strings.Join(names, ", ") + " only)"
+}
+
+func validGroup(g group) bool {
+	for _, o := range groupOrder {
+		if o.g == g {
+			return true
+		}
+	}
+	return false
 }
 
 // optionFields are Options' fields, read once from the struct tags. A
@@ -104,11 +169,12 @@ var optionFields = func() []optionField {
 	out := make([]optionField, 0, t.NumField())
 	for i := 0; i < t.NumField(); i++ {
 		sf := t.Field(i)
-		f := optionField{index: i, group: group(sf.Tag.Get("probe")), embedded: sf.Anonymous}
-		switch f.group {
-		case groupHTTP, groupTCP, groupTLS:
-		default:
-			panic(fmt.Sprintf("probe: Options.%s has no valid `probe` tag (http, tcp or tls)", sf.Name))
+		f := optionField{index: i, embedded: sf.Anonymous}
+		for _, g := range strings.Split(sf.Tag.Get("probe"), ",") {
+			if !validGroup(group(g)) || f.in(group(g)) {
+				panic(fmt.Sprintf("probe: Options.%s has no valid `probe` tag (http, tcp, tls, icmp, grpc, net, comma separated)", sf.Name))
+			}
+			f.groups = append(f.groups, group(g))
 		}
 		if f.embedded {
 			for j := 0; j < sf.Type.NumField(); j++ {
@@ -153,19 +219,9 @@ func unset(v reflect.Value, embedded bool) bool {
 // "".
 func (o *Options) keySet(g group) string {
 	v := reflect.ValueOf(o).Elem()
-	for _, f := range optionFields {
-		if f.group != g {
-			continue
-		}
-		fv := v.Field(f.index)
-		if !f.embedded {
-			if !unset(fv, false) {
-				return f.keys[0]
-			}
-			continue
-		}
-		for j, k := range f.keys {
-			if !unset(fv.Field(j), true) {
+	for i := range optionFields {
+		if f := &optionFields[i]; f.in(g) {
+			if k := f.keySet(v); k != "" {
 				return k
 			}
 		}
@@ -173,17 +229,77 @@ func (o *Options) keySet(g group) string {
 	return ""
 }
 
+// keySet returns f's key (the first of an embedded struct's) set in v, an
+// Options, or "".
+func (f *optionField) keySet(v reflect.Value) string {
+	fv := v.Field(f.index)
+	if !f.embedded {
+		if !unset(fv, false) {
+			return f.keys[0]
+		}
+		return ""
+	}
+	for j, k := range f.keys {
+		if !unset(fv.Field(j), true) {
+			return k
+		}
+	}
+	return ""
+}
+
 // misplacedKey returns an error naming the first key set in o that does
-// not apply to scheme, or nil.
+// not apply to scheme, or nil. Keys are taken in groupOrder of their first
+// group, then in declaration order.
 func (o *Options) misplacedKey(scheme string) error {
 	applies := schemeGroups[scheme]
+	v := reflect.ValueOf(o).Elem()
 	for _, g := range groupOrder {
-		if slices.Contains(applies, g.g) {
-			continue
+		for i := range optionFields {
+			f := &optionFields[i]
+			if f.groups[0] != g.g || f.appliesTo(applies) {
+				continue
+			}
+			if k := f.keySet(v); k != "" {
+				return keyerr.Errorf(k, "not supported for %s probes%s", scheme, f.note())
+			}
 		}
-		if k := o.keySet(g.g); k != "" {
-			return keyerr.Errorf(k, "not supported for %s probes%s", scheme, g.note)
-		}
+	}
+	return nil
+}
+
+// Privileged is the privileged setting of ICMP probes: "auto" (the
+// default), true or false. In TOML it accepts a boolean or one of the
+// strings "auto", "true", "false".
+type Privileged string
+
+// The values of Privileged ("" is unset: auto).
+const (
+	PrivilegedAuto  Privileged = "auto"
+	PrivilegedTrue  Privileged = "true"
+	PrivilegedFalse Privileged = "false"
+)
+
+// UnmarshalTOML implements the github.com/influxdata/toml Unmarshaler
+// interface: a boolean, or a string (validated by New).
+func (p *Privileged) UnmarshalTOML(raw []byte) error {
+	src := make([]byte, 0, len(raw)+4)
+	src = append(src, "v = "...)
+	src = append(src, raw...)
+	tbl, err := toml.Parse(src)
+	if err != nil {
+		return keyerr.New("privileged", err)
+	}
+	kv, ok := tbl.Fields["v"].(*ast.KeyValue)
+	if !ok {
+		return keyerr.Errorf("privileged", `want true, false or "auto"`)
+	}
+	switch v := kv.Value.(type) {
+	case *ast.Boolean:
+		*p = Privileged(v.Value)
+	case *ast.String:
+		*p = Privileged(v.Value)
+	default:
+		return keyerr.Errorf("privileged", `%s is not true, false or "auto"`, v.Source())
 	}
 	return nil
 }
@@ -252,8 +368,9 @@ func (o Options) WithDefaults(d Options) Options {
 
 // ApplicableTo returns a copy of o without the settings that do not apply
 // to rawURL's scheme: for an http/https URL it drops send, expect,
-// expect_regex and tls; for a tcp URL the HTTP settings and the proxy; for
-// a dns URL everything (no option applies to DNS probes). Use it on
+// expect_regex, tls and the ICMP settings; for a tcp URL the HTTP, ICMP
+// and proxy settings; for a dns URL everything but ip_protocol and
+// source_address; and so on by the groups of schemeGroups. Use it on
 // plugin-wide defaults before
 // WithDefaults, so that New still rejects a misplaced per-service key while
 // a plugin-wide key meant for other schemes is ignored. If rawURL does not
@@ -268,8 +385,8 @@ func (o Options) ApplicableTo(rawURL string) Options {
 		return o
 	}
 	v := reflect.ValueOf(&o).Elem()
-	for _, f := range optionFields {
-		if !slices.Contains(applies, f.group) {
+	for i := range optionFields {
+		if f := &optionFields[i]; !f.appliesTo(applies) {
 			fv := v.Field(f.index)
 			fv.Set(reflect.Zero(fv.Type()))
 		}

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/influxdata/telegraf/config"
+	telegraftls "github.com/influxdata/telegraf/plugins/common/tls"
 	"github.com/stretchr/testify/require"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
@@ -17,32 +19,54 @@ import (
 // Options fails this test until it is listed here — with the group that
 // says where it applies — so that no key is forgotten by WithDefaults,
 // ApplicableTo or New's checks (which all read optionFields).
-var wantOptionKeys = map[group][]string{
-	groupHTTP: {
+var wantOptionKeys = map[string][]string{
+	"http": {
 		"method", "headers", "body", "follow_redirects", "expected_status", "body_contains", "body_regex",
-		"max_body_size", "keep_alive", "username", "password", "bearer_token",
+		"max_body_size", "username", "password", "bearer_token",
 		"use_system_proxy", "http_proxy_url",
 	},
-	groupTCP: {"send", "expect", "expect_regex", "tls"},
-	groupTLS: {
+	"http,grpc": {"keep_alive"},
+	"tcp":       {"send", "expect", "expect_regex", "tls"},
+	"icmp":      {"count", "ping_interval", "payload_size", "ttl", "privileged"},
+	"net":       {"ip_protocol", "source_address"},
+	"tls": {
 		"tls_ca", "tls_cert", "tls_key", "tls_key_pwd", "tls_min_version", "tls_cipher_suites",
 		"insecure_skip_verify", "tls_server_name", "tls_renegotiation_method", "tls_enable",
 	},
 }
 
+func groupsTag(gs []group) string {
+	s := make([]string, len(gs))
+	for i, g := range gs {
+		s[i] = string(g)
+	}
+	return strings.Join(s, ",")
+}
+
 func TestOptionKeys(t *testing.T) {
-	got := map[group][]string{}
+	got := map[string][]string{}
 	for _, f := range optionFields {
-		got[f.group] = append(got[f.group], f.keys...)
+		got[groupsTag(f.groups)] = append(got[groupsTag(f.groups)], f.keys...)
 	}
 	require.Equal(t, wantOptionKeys, got)
 }
 
+func TestMisplacedNote(t *testing.T) {
+	_, err := New("tcp://127.0.0.1:1", time.Second, Options{KeepAlive: ptr(true)})
+	require.EqualError(t, err, "keep_alive: not supported for tcp probes (http, grpc only)")
+	_, err = New("tcp://127.0.0.1:1", time.Second, Options{Count: ptr(3)})
+	require.EqualError(t, err, "count: not supported for tcp probes (icmp only)")
+	_, err = New("icmp://127.0.0.1", time.Second, Options{Send: "x"})
+	require.EqualError(t, err, "send: not supported for icmp probes (tcp only)")
+	_, err = New("grpc://127.0.0.1:1", time.Second, Options{ClientConfig: telegraftls.ClientConfig{TLSCA: "x"}})
+	require.EqualError(t, err, "tls_ca: not supported for grpc probes")
+}
+
 // optionLeaf is one settable key of Options: the field path and its key.
 type optionLeaf struct {
-	path  []int
-	key   string
-	group group
+	path   []int
+	key    string
+	groups []group
 }
 
 // optionLeaves walks Options by reflection, independently of
@@ -53,15 +77,18 @@ func optionLeaves(t *testing.T) []optionLeaf {
 	var out []optionLeaf
 	for i := 0; i < typ.NumField(); i++ {
 		sf := typ.Field(i)
-		g := group(sf.Tag.Get("probe"))
-		require.Containsf(t, []group{groupHTTP, groupTCP, groupTLS}, g, "Options.%s: no valid probe tag", sf.Name)
+		var gs []group
+		for _, g := range strings.Split(sf.Tag.Get("probe"), ",") {
+			require.Containsf(t, []group{groupHTTP, groupTCP, groupTLS, groupICMP, groupGRPC, groupNet}, group(g), "Options.%s: no valid probe tag", sf.Name)
+			gs = append(gs, group(g))
+		}
 		if sf.Anonymous {
 			for j := 0; j < sf.Type.NumField(); j++ {
-				out = append(out, optionLeaf{[]int{i, j}, tomlKey(sf.Type.Field(j)), g})
+				out = append(out, optionLeaf{[]int{i, j}, tomlKey(sf.Type.Field(j)), gs})
 			}
 			continue
 		}
-		out = append(out, optionLeaf{[]int{i}, tomlKey(sf), g})
+		out = append(out, optionLeaf{[]int{i}, tomlKey(sf), gs})
 	}
 	return out
 }
@@ -89,6 +116,12 @@ func sampleValue(t *testing.T, key string, v reflect.Value, variant int) {
 		v.Set(reflect.ValueOf(config.Size(7 + variant)))
 	case config.Secret:
 		v.Set(reflect.ValueOf(config.NewSecret([]byte(s))))
+	case *int:
+		v.Set(reflect.ValueOf(ptr(3 + variant)))
+	case config.Duration:
+		v.Set(reflect.ValueOf(config.Duration(time.Millisecond * time.Duration(7+variant))))
+	case Privileged:
+		v.Set(reflect.ValueOf([]Privileged{PrivilegedTrue, PrivilegedFalse}[variant]))
 	default:
 		t.Fatalf("%s: no sample value for a %s: teach sampleValue (and check that WithDefaults treats it right)", key, v.Type())
 	}
@@ -114,7 +147,9 @@ func TestOptionsEveryFieldCovered(t *testing.T) {
 		t.Run(l.key, func(t *testing.T) {
 			var d Options
 			sampleValue(t, l.key, reflect.ValueOf(&d).Elem().FieldByIndex(l.path), 0)
-			require.Equal(t, l.key, d.keySet(l.group), "keySet")
+			for _, g := range l.groups {
+				require.Equal(t, l.key, d.keySet(g), "keySet")
+			}
 
 			// Inherited when unset.
 			got := Options{}.WithDefaults(d)
@@ -133,10 +168,11 @@ func TestOptionsEveryFieldCovered(t *testing.T) {
 				rawURL := scheme + "://127.0.0.1:1/example.com"
 				kept := d.ApplicableTo(rawURL)
 				isSet := !reflect.ValueOf(kept).FieldByIndex(l.path).IsZero()
-				require.Equal(t, slices.Contains(applies, l.group), isSet, "ApplicableTo(%s)", scheme)
+				applied := slices.ContainsFunc(l.groups, func(g group) bool { return slices.Contains(applies, g) })
+				require.Equal(t, applied, isSet, "ApplicableTo(%s)", scheme)
 
 				err := d.misplacedKey(scheme)
-				if slices.Contains(applies, l.group) {
+				if applied {
 					require.NoError(t, err, scheme)
 					continue
 				}

@@ -1,6 +1,7 @@
 // Package probe runs one probe of one service and reports what happened.
 //
-// One file per protocol (http.go, tcp.go, dns.go) implements Prober; New
+// One file per protocol (http.go, tcp.go, dns.go, icmp.go, grpc.go)
+// implements Prober; net.go holds what every network probe shares; New
 // picks one by the URL's scheme. A probe owns its deadline: it never runs
 // longer than the timeout it was built with, nor past the context's
 // deadline, whichever comes first. A probe that runs out of time (or whose
@@ -47,6 +48,17 @@ const (
 	DNSNoAnswer Outcome = 12
 	// DNSRcodeError: a DNS probe got another error rcode (REFUSED, ...).
 	DNSRcodeError Outcome = 13
+	// GRPCNotServing: a gRPC health check answered NOT_SERVING.
+	GRPCNotServing Outcome = 14
+	// GRPCUnknown: a gRPC health check answered UNKNOWN.
+	GRPCUnknown Outcome = 15
+	// GRPCServiceUnknown: the gRPC server does not know the service
+	// (SERVICE_UNKNOWN, or the NotFound code).
+	GRPCServiceUnknown Outcome = 16
+	// GRPCUnimplemented: the gRPC server has no health service.
+	GRPCUnimplemented Outcome = 17
+	// GRPCError: the health check call ended with another gRPC code.
+	GRPCError Outcome = 18
 )
 
 var outcomeNames = [...]string{
@@ -64,6 +76,11 @@ var outcomeNames = [...]string{
 	DNSServFail:                "dns_servfail",
 	DNSNoAnswer:                "dns_no_answer",
 	DNSRcodeError:              "dns_rcode_error",
+	GRPCNotServing:             "grpc_not_serving",
+	GRPCUnknown:                "grpc_unknown",
+	GRPCServiceUnknown:         "grpc_service_unknown",
+	GRPCUnimplemented:          "grpc_unimplemented",
+	GRPCError:                  "grpc_error",
 }
 
 // String returns the `result` tag value.
@@ -117,7 +134,7 @@ type Sample struct {
 type Prober interface {
 	// Probe runs one probe, bounded by the prober's timeout and by ctx.
 	Probe(ctx context.Context) Result
-	// Kind is the `probe` tag: "http", "tcp", "dns".
+	// Kind is the `probe` tag: "http", "tcp", "dns", "icmp", "grpc".
 	Kind() string
 	// Close releases idle connections and other resources.
 	Close()

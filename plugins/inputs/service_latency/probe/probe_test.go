@@ -158,6 +158,7 @@ func TestOutcomeNames(t *testing.T) {
 		"success", "response_string_mismatch", "body_read_error", "connection_failed", "timeout",
 		"dns_error", "response_status_code_mismatch", "tls_error", "read_failed", "string_mismatch",
 		"dns_nxdomain", "dns_servfail", "dns_no_answer", "dns_rcode_error",
+		"grpc_not_serving", "grpc_unknown", "grpc_service_unknown", "grpc_unimplemented", "grpc_error",
 	}
 	outcomes := allOutcomes()
 	require.Len(t, outcomes, len(want))
@@ -196,7 +197,7 @@ func TestNewErrors(t *testing.T) {
 		prefix  string // err.Error() starts with it
 	}{
 		{"zero timeout", "http://127.0.0.1/", 0, Options{}, "timeout", "timeout: must be > 0"},
-		{"unsupported scheme", "ftp://127.0.0.1/", time.Second, Options{}, "url", `url: unsupported scheme "ftp" (want http, https, tcp, dns)`},
+		{"unsupported scheme", "ftp://127.0.0.1/", time.Second, Options{}, "url", `url: unsupported scheme "ftp" (want http, https, tcp, dns, icmp, grpc, grpcs)`},
 		{"missing scheme", "127.0.0.1:80", time.Second, Options{}, "url", "url: "},
 		{"no scheme", "example.com/x", time.Second, Options{}, "url", "url: missing scheme"},
 		{"no scheme userinfo", "//user:hunter2@127.0.0.1/", time.Second, Options{}, "url", `url: missing scheme in "//user@127.0.0.1/"`},

@@ -23,7 +23,8 @@
 // handshake or send) → Timeout.
 //
 // Fields (float64 seconds): dns_lookup (host names only), tcp_connect, and
-// with TLS tls_handshake, tls_cert_expiry, tls_version.
+// with TLS tls_handshake, tls_cert_expiry, tls_version; remote_address
+// (string) once connected. ip_protocol and source_address: see net.go.
 
 package probe
 
@@ -49,7 +50,9 @@ import (
 const MaxExpectRead = 64 << 10
 
 type tcpProber struct {
-	addr    string
+	host    string
+	port    string
+	net     netConfig
 	timeout time.Duration
 	dialer  net.Dialer
 	tlsCfg  *tls.Config
@@ -66,10 +69,16 @@ func newTCP(u *url.URL, timeout time.Duration, o *Options) (*tcpProber, error) {
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
 		return nil, keyerr.Errorf("url", "tcp URLs are tcp://host:port, got %q", redactURL(u.String()))
 	}
+	nc, err := newNetConfig(o)
+	if err != nil {
+		return nil, err
+	}
 	p := &tcpProber{
-		addr:    net.JoinHostPort(host, port),
+		host:    host,
+		port:    port,
+		net:     nc,
 		timeout: timeout,
-		dialer:  net.Dialer{Timeout: timeout, KeepAlive: -1},
+		dialer:  nc.dialer(timeout, "tcp"),
 	}
 	if o.Send != "" {
 		p.send = []byte(o.Send)
@@ -119,10 +128,10 @@ func (p *tcpProber) Probe(parent context.Context) Result {
 
 	ph := new(phases)
 	start := time.Now()
-	conn, err := p.dialer.DialContext(httptrace.WithClientTrace(ctx, ph.dialTrace()), "tcp", p.addr)
+	conn, err := p.net.dial(httptrace.WithClientTrace(ctx, ph.dialTrace()), p.dialer, "tcp", p.host, p.port)
 	now := time.Now()
 	ph.mu.Lock()
-	fields := ph.appendDial(make([]Field, 0, 5))
+	fields := remoteField(ph.appendDial(make([]Field, 0, 6)), conn)
 	ph.mu.Unlock()
 	if err != nil {
 		return Result{Outcome: classify(ctx, err, false), Latency: now.Sub(start), Err: err, Fields: fields}
