@@ -59,6 +59,14 @@ type spec struct {
 	Warmup      int // gathers run before the measured ones
 	Gathers     int // measured gathers
 	Latencies   bool
+	// Spread is our plugin's spread setting ("auto", "0s", ...); empty:
+	// not set (the plugin's default, "auto").
+	Spread string
+	// Cadence, when positive, is the time from one gather's start to the
+	// next's (warm-ups included), as Telegraf's agent calls Gather every
+	// interval; a gather that overruns it is followed at once. Zero:
+	// gathers back to back.
+	Cadence time.Duration
 	// CPUProfile, when set, is where the child writes a CPU profile of its
 	// measured gathers.
 	CPUProfile string
@@ -69,10 +77,13 @@ type spec struct {
 
 // gatherSample is one measured gather.
 type gatherSample struct {
-	Wall    time.Duration
-	CPU     time.Duration // user + system time of the whole child process
-	Metrics int           // metrics of the main measurement (or responses of the plain loop)
-	OK      int           // successful probes
+	// Start and End are the wall-clock times around Gather (the parent
+	// matches the target's request arrivals to the gather with them).
+	Start, End time.Time
+	Wall       time.Duration
+	CPU        time.Duration // user + system time of the whole child process
+	Metrics    int           // metrics of the main measurement (or responses of the plain loop)
+	OK         int           // successful probes
 	// AllocBytes and Allocs are what the gather allocated on the heap
 	// (runtime/metrics /gc/heap/allocs:bytes and :objects deltas).
 	AllocBytes, Allocs uint64
@@ -137,7 +148,21 @@ func runChild(sp *spec) (*childResult, error) {
 
 	res := &childResult{}
 	acc := &benchAcc{}
+	// pace waits for the k-th gather's turn when the spec has a cadence.
+	var first time.Time
+	k := 0
+	pace := func() {
+		if sp.Cadence > 0 {
+			if k == 0 {
+				first = time.Now()
+			} else if d := time.Until(first.Add(time.Duration(k) * sp.Cadence)); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		k++
+	}
 	for range sp.Warmup {
+		pace()
 		if err := c.gather(acc); err != nil {
 			return nil, err
 		}
@@ -158,6 +183,7 @@ func runChild(sp *spec) (*childResult, error) {
 		defer pprof.StopCPUProfile()
 	}
 	for range sp.Gathers {
+		pace()
 		acc.metrics, acc.ok = 0, 0
 		b0, o0 := heapAllocs(allocSamples)
 		cpu0 := cpuTime()
@@ -166,10 +192,11 @@ func runChild(sp *spec) (*childResult, error) {
 			stopSampler()
 			return nil, err
 		}
-		wall := time.Since(t0)
+		t1 := time.Now()
+		wall := t1.Sub(t0)
 		cpu := cpuTime() - cpu0
 		b1, o1 := heapAllocs(allocSamples)
-		res.Gathers = append(res.Gathers, gatherSample{Wall: wall, CPU: cpu, Metrics: acc.metrics, OK: acc.ok, AllocBytes: b1 - b0, Allocs: o1 - o0})
+		res.Gathers = append(res.Gathers, gatherSample{Start: t0, End: t1, Wall: wall, CPU: cpu, Metrics: acc.metrics, OK: acc.ok, AllocBytes: b1 - b0, Allocs: o1 - o0})
 	}
 	stopSampler()
 	res.Latencies = acc.latencies
@@ -214,6 +241,9 @@ func oursConfig(sp *spec) []byte {
 	fmt.Fprintf(&b, "[[inputs.service_latency]]\n  timeout = %q\n  max_concurrency = %d\n", sp.Timeout, sp.Concurrency)
 	if sp.Contender == OursKeepAlive {
 		b.WriteString("  keep_alive = true\n")
+	}
+	if sp.Spread != "" {
+		fmt.Fprintf(&b, "  spread = %q\n", sp.Spread)
 	}
 	for _, u := range sp.URLs {
 		fmt.Fprintf(&b, "  [[inputs.service_latency.service]]\n    url = %q\n", u)

@@ -77,6 +77,18 @@ type config struct {
 	TruthRuns  int
 	TruthHRMax int // largest N at which http_response runs in the truth part
 
+	// The truth with a spread: SpreadN services (0: skipped), a Gather
+	// every SpreadCadence, our plugin with spread = "auto" and "0s" and
+	// http_response, all with SpreadTimeout and our max_concurrency
+	// SpreadConcurrency (the plugin's defaults), TruthDelay injected.
+	SpreadN           int
+	SpreadCadence     time.Duration
+	SpreadWarmup      int
+	SpreadGathers     int
+	SpreadRuns        int
+	SpreadTimeout     time.Duration
+	SpreadConcurrency int
+
 	Micro      string
 	Out        string
 	CPUProfile string // directory for the children's CPU profiles
@@ -108,6 +120,13 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.TruthDelay, "truth-delay", 20*time.Millisecond, "truth: the target's injected delay")
 	fs.IntVar(&c.TruthRuns, "truth-runs", 3, "truth: child processes per contender and N")
 	fs.IntVar(&c.TruthHRMax, "truth-http-response-max", 100, "truth: the largest N at which http_response (sequential) runs")
+	fs.IntVar(&c.SpreadN, "spread-n", 1000, "truth with spread: services (0: skip the part)")
+	fs.DurationVar(&c.SpreadCadence, "spread-cadence", 10*time.Second, "truth with spread: time between the starts of two gathers (Telegraf's interval)")
+	fs.IntVar(&c.SpreadWarmup, "spread-warmup", 2, "truth with spread: gathers before the measured ones (≥ 2: the first has no cadence yet, so no automatic spread)")
+	fs.IntVar(&c.SpreadGathers, "spread-gathers", 3, "truth with spread: measured gathers in every child")
+	fs.IntVar(&c.SpreadRuns, "spread-runs", 1, "truth with spread: child processes per contender")
+	fs.DurationVar(&c.SpreadTimeout, "spread-timeout", 5*time.Second, "truth with spread: per-probe timeout (the plugin's default; the automatic spread is 0.9 × cadence − timeout)")
+	fs.IntVar(&c.SpreadConcurrency, "spread-concurrency", 64, "truth with spread: our max_concurrency (the plugin's default)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of every child's measured gathers into this directory")
 	fs.BoolVar(&c.MemProfile, "memprofile", false, "with -cpuprofile: also write a heap profile after the gathers (fine sampling: slows the children)")
 	fs.StringVar(&c.Micro, "micro", "", "go test -bench output to summarize (optional)")
@@ -125,6 +144,9 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.Addrs < 1 || c.Addrs > 250 || c.Runs < 1 || c.TruthRuns < 1 || c.Gathers < 1 || c.Warmup < 0 || c.Concurrency < 1 {
 		return nil, errors.New("-addrs, -runs, -truth-runs, -gathers, -concurrency must be positive (-addrs ≤ 250)")
+	}
+	if c.SpreadN < 0 || c.SpreadRuns < 1 || c.SpreadGathers < 1 || c.SpreadWarmup < 0 || c.SpreadConcurrency < 1 || c.SpreadCadence <= 0 || c.SpreadTimeout <= 0 {
+		return nil, errors.New("-spread-runs, -spread-gathers, -spread-concurrency, -spread-cadence, -spread-timeout must be positive, -spread-n and -spread-warmup not negative")
 	}
 	return c, nil
 }
@@ -154,7 +176,7 @@ func run(ctx context.Context, c *config) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	need := c.Concurrency
+	need := max(c.Concurrency, c.SpreadConcurrency)
 	for _, n := range c.TruthNs {
 		need = max(need, n)
 	}
@@ -174,7 +196,7 @@ func run(ctx context.Context, c *config) (*report, error) {
 		}
 		rep.Micro = parseMicro(data)
 	}
-	if len(c.ScaleNs) == 0 && len(c.TruthNs) == 0 {
+	if len(c.ScaleNs) == 0 && len(c.TruthNs) == 0 && c.SpreadN == 0 {
 		return rep, nil
 	}
 	tg, err := startTargets(c.Target, c.Addrs, c.TargetProcs)
@@ -197,7 +219,10 @@ func run(ctx context.Context, c *config) (*report, error) {
 			// shared machine does not always hit the same contender.
 			for k := range contenders {
 				name := contenders[(k+r)%len(contenders)]
-				sp := &spec{Contender: name, URLs: urls, Concurrency: c.Concurrency, Timeout: c.Timeout, Warmup: c.Warmup, Gathers: c.Gathers}
+				// spread = "0s": every probe of the gather at once, the
+				// cost of one gather (with "auto" the gathers back to
+				// back and the 10 s timeout give a spread of 0 anyway)
+				sp := &spec{Contender: name, URLs: urls, Concurrency: c.Concurrency, Timeout: c.Timeout, Warmup: c.Warmup, Gathers: c.Gathers, Spread: "0s"}
 				if name == HTTPResponse {
 					sp.Concurrency = 1
 				}
@@ -209,7 +234,7 @@ func run(ctx context.Context, c *config) (*report, error) {
 			}
 		}
 	}
-	if len(c.TruthNs) > 0 {
+	if len(c.TruthNs) > 0 || c.SpreadN > 0 {
 		if rep.Overshoot, err = tg.overshoot(c.TruthDelay, 100); err != nil {
 			return nil, fmt.Errorf("measuring the target's overshoot: %w", err)
 		}
@@ -233,7 +258,7 @@ func run(ctx context.Context, c *config) (*report, error) {
 			for k := range contenders {
 				e := contenders[(k+r)%len(contenders)]
 				name := e.name
-				sp := &spec{Contender: name, URLs: urls, Concurrency: e.conc, Timeout: c.Timeout, Warmup: c.Warmup, Gathers: c.Gathers, Latencies: true}
+				sp := &spec{Contender: name, URLs: urls, Concurrency: e.conc, Timeout: c.Timeout, Warmup: c.Warmup, Gathers: c.Gathers, Latencies: true, Spread: "0s"}
 				res, err := runOne(ctx, c, sp, fmt.Sprintf("truth n=%d run %d/%d", n, r+1, c.TruthRuns))
 				if err != nil {
 					return nil, err
@@ -242,7 +267,62 @@ func run(ctx context.Context, c *config) (*report, error) {
 			}
 		}
 	}
+	if c.SpreadN > 0 {
+		if err := runSpread(ctx, c, rep); err != nil {
+			return nil, err
+		}
+	}
 	return rep, nil
+}
+
+// runSpread is the truth with a spread: SpreadN services probed by our
+// plugin with spread = "auto" and with "0s" (every probe of a gather at
+// once, as before the spread), and by http_response (one after another),
+// a Gather every SpreadCadence. Its targets are a set of their own that
+// note every request's arrival, from which each measured gather's burst
+// (the most requests that reached the targets within any 100 ms) is
+// counted.
+func runSpread(ctx context.Context, c *config, rep *report) error {
+	tg, err := startTargets(c.Target, c.Addrs, c.TargetProcs, "-record-arrivals")
+	if err != nil {
+		return err
+	}
+	defer tg.stop()
+	if _, err := tg.arrivals(); err != nil { // none yet; checks the flag took
+		return fmt.Errorf("the target's arrivals: %w", err)
+	}
+	type entry struct {
+		name, spread string
+		conc         int
+	}
+	contenders := []entry{{Ours, "auto", c.SpreadConcurrency}, {Ours, "0s", c.SpreadConcurrency}, {HTTPResponse, "", 1}}
+	urls := tg.urls(c.SpreadN, c.TruthDelay)
+	for r := range c.SpreadRuns {
+		for k := range contenders {
+			e := contenders[(k+r)%len(contenders)]
+			sp := &spec{Contender: e.name, URLs: urls, Concurrency: e.conc, Timeout: c.SpreadTimeout, Warmup: c.SpreadWarmup, Gathers: c.SpreadGathers,
+				Latencies: true, Spread: e.spread, Cadence: c.SpreadCadence}
+			what := fmt.Sprintf("spread n=%d run %d/%d", c.SpreadN, r+1, c.SpreadRuns)
+			if e.spread != "" {
+				what += " " + e.spread
+			}
+			res, err := runOne(ctx, c, sp, what)
+			if err != nil {
+				return err
+			}
+			at, err := tg.arrivals()
+			if err != nil {
+				return fmt.Errorf("%s: the target's arrivals: %w", what, err)
+			}
+			s := sample{N: c.SpreadN, Run: r, Contender: e.name, Concurrency: e.conc, Spread: e.spread, childOut: res}
+			s.Bursts = bursts(res.Res.Gathers, at, burstSlice)
+			for _, b := range s.Bursts {
+				fmt.Fprintf(c.Progress, "    gather: %d requests arrived over %s, at most %d in %s\n", b.Arrived, b.Span.Round(time.Millisecond), b.Max, burstSlice)
+			}
+			rep.Spread = append(rep.Spread, s)
+		}
+	}
+	return nil
 }
 
 // childOut is a child's result and its process's max RSS.

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -39,8 +40,10 @@ func buildTarget(t *testing.T) string {
 }
 
 // TestHarnessSmoke runs the whole harness small (N = 50: scale with the
-// three contenders, truth with the three contenders) and checks that it
-// produces sane numbers. No assertion depends on how fast anything is.
+// four contenders, truth with the three contenders; the truth with spread
+// at 20 services, a gather every 500 ms, 2 unmeasured gathers and 1
+// measured) and checks that it produces sane numbers. No assertion depends
+// on how fast anything is.
 func TestHarnessSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes and probes loopback")
@@ -51,6 +54,8 @@ func TestHarnessSmoke(t *testing.T) {
 		"-n", "50", "-runs", "1", "-warmup", "1", "-gathers", "2", "-concurrency", "10",
 		"-truth-n", "50", "-truth-runs", "1", "-truth-delay", "5ms", "-truth-http-response-max", "50",
 		"-timeout", "10s",
+		"-spread-n", "20", "-spread-cadence", "500ms", "-spread-warmup", "2", "-spread-gathers", "1", "-spread-runs", "1",
+		"-spread-timeout", "100ms", "-spread-concurrency", "10",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -112,10 +117,36 @@ func TestHarnessSmoke(t *testing.T) {
 		}
 	}
 
+	// Truth with spread: our plugin with "auto" and "0s" and http_response;
+	// every probe of the measured gather reported and seen by the targets,
+	// once, within the gather.
+	spread := rep.spreadRows()
+	if len(spread) != 3 {
+		t.Fatalf("spread rows: got %d, want 3 (auto, 0s, http_response)", len(spread))
+	}
+	for _, row := range spread {
+		if row.Samples != 20 || row.Failed != 0 || row.Probes != 20 || row.Arrived != 20 {
+			t.Errorf("%s %q: %d samples, %d failed, %d probes, %d arrived at the targets; want 20, 0, 20, 20", row.Contender, row.Spread, row.Samples, row.Failed, row.Probes, row.Arrived)
+		}
+		if row.Burst < 1 || row.Burst > 20 || row.Span < 0 || row.Wall <= 0 {
+			t.Errorf("%s %q: burst %d, span %v, wall %v", row.Contender, row.Spread, row.Burst, row.Span, row.Wall)
+		}
+		if !(row.P50 >= 0) || !(row.P99 >= row.P50) || math.IsInf(row.P99, 0) {
+			t.Errorf("%s %q: error p50 %v, p99 %v", row.Contender, row.Spread, row.P50, row.P99)
+		}
+	}
+	for _, s := range rep.Spread {
+		for _, l := range s.Res.Latencies {
+			if l < cfg.TruthDelay.Seconds() {
+				t.Fatalf("%s %q reported %v s, below the injected delay %v", s.Contender, s.Spread, l, cfg.TruthDelay)
+			}
+		}
+	}
+
 	// The report renders every part, and the file update keeps what is
 	// outside the markers.
 	md := rep.Markdown()
-	for _, want := range []string{"#### Scale: one gather", "#### Truth", "| 50 | service_latency |", "| 50 | http_response |", "| 50 | plain_loop |", "| 50 | service_latency keep_alive |", "overshoot", "- Machine:"} {
+	for _, want := range []string{"#### Scale: one gather", "#### Truth", "#### Truth with spread", "| service_latency | \"auto\" |", "| service_latency | \"0s\" |", "spread = \"auto\": error p99 ≤ 5 ms", "| 50 | service_latency |", "| 50 | http_response |", "| 50 | plain_loop |", "| 50 | service_latency keep_alive |", "overshoot", "- Machine:"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
@@ -163,6 +194,33 @@ BenchmarkMemoryStoreUpdateBatch-2 	 1000	 250000 ns/op	 250.0 ns/service	 0.001 
 	}
 	if !strings.Contains(targets[0][2], "missed") || !strings.Contains(targets[1][2], "met") {
 		t.Errorf("verdicts: %v", targets)
+	}
+}
+
+func TestBursts(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	at := func(ms ...int) []time.Time {
+		var out []time.Time
+		for _, m := range ms {
+			out = append(out, t0.Add(time.Duration(m)*time.Millisecond))
+		}
+		return out
+	}
+	gathers := []gatherSample{
+		{Start: t0, End: t0.Add(time.Second)},
+		{Start: t0.Add(2 * time.Second), End: t0.Add(3 * time.Second)},
+		{Start: t0.Add(4 * time.Second), End: t0.Add(5 * time.Second)},
+	}
+	// first gather: 0, 50, 99 within 100 ms, 150 and 190 with 99 and 150
+	// (3); second: 2000–2099 all at once (4), one at 2500; a stray request
+	// between the gathers; none in the third
+	got := bursts(gathers, at(0, 50, 99, 150, 190, 1500, 2000, 2001, 2050, 2099, 2500), 100*time.Millisecond)
+	want := []burst{{Arrived: 5, Span: 190 * time.Millisecond, Max: 3}, {Arrived: 5, Span: 500 * time.Millisecond, Max: 4}, {}}
+	if !slices.Equal(got, want) {
+		t.Errorf("bursts:\n got %+v\nwant %+v", got, want)
+	}
+	if fmtCount(1000) != "1,000" || fmtCount(20) != "20" || fmtCount(1234567) != "1,234,567" {
+		t.Errorf("fmtCount: %s %s %s", fmtCount(1000), fmtCount(20), fmtCount(1234567))
 	}
 }
 

@@ -20,6 +20,11 @@ type sample struct {
 	Run         int
 	Contender   string
 	Concurrency int
+	// Spread is our plugin's spread setting in the truth with spread
+	// ("auto", "0s"; empty for http_response), Bursts what the targets saw
+	// of each measured gather there.
+	Spread string
+	Bursts []burst
 	childOut
 }
 
@@ -30,6 +35,7 @@ type report struct {
 	Micro   []microResult
 	Scale   []sample
 	Truth   []sample
+	Spread  []sample // the truth with a spread
 	// Overshoot is how late the target itself answers beyond the truth
 	// delay (sequential keep-alive requests): a floor of every prober's
 	// error.
@@ -275,6 +281,65 @@ func (r *report) truthRows() []truthRow {
 	return rows
 }
 
+// spreadRow is one contender of the truth with a spread: the absolute
+// error |reported − injected| (medians over runs of each run's p50/p99)
+// and what the targets saw of its measured gathers.
+type spreadRow struct {
+	Contender, Spread                  string
+	Concurrency, Runs, Samples, Failed int
+	P50, P99                           float64 // seconds
+	Burst                              int     // the most requests within burstSlice, over every measured gather
+	BurstMedian                        float64 // the median over the measured gathers of each one's most
+	Span                               time.Duration
+	Wall                               time.Duration // median gather
+	Arrived, Probes                    int
+}
+
+func (r *report) spreadRows() []spreadRow {
+	var rows []spreadRow
+	d := r.Config.TruthDelay.Seconds()
+	for _, k := range []struct{ name, spread string }{{Ours, "auto"}, {Ours, "0s"}, {HTTPResponse, ""}} {
+		row := spreadRow{Contender: k.name, Spread: k.spread}
+		var p50s, p99s, maxes, spans, walls []float64
+		for _, s := range r.Spread {
+			if s.Contender != k.name || s.Spread != k.spread {
+				continue
+			}
+			row.Runs++
+			row.Concurrency = s.Concurrency
+			errs := make([]float64, len(s.Res.Latencies))
+			for i, l := range s.Res.Latencies {
+				errs[i] = math.Abs(l - d)
+			}
+			row.Samples += len(errs)
+			if len(errs) > 0 {
+				p50s = append(p50s, quantile(errs, 0.5))
+				p99s = append(p99s, quantile(errs, 0.99))
+			}
+			for _, g := range s.Res.Gathers {
+				row.Failed += g.Metrics - g.OK
+				row.Probes += g.Metrics
+				walls = append(walls, float64(g.Wall))
+			}
+			for _, b := range s.Bursts {
+				row.Burst = max(row.Burst, b.Max)
+				row.Arrived += b.Arrived
+				maxes = append(maxes, float64(b.Max))
+				spans = append(spans, float64(b.Span))
+			}
+		}
+		if row.Runs == 0 {
+			continue
+		}
+		row.P50, row.P99 = median(p50s), median(p99s)
+		row.BurstMedian = median(maxes)
+		row.Span = time.Duration(median(spans))
+		row.Wall = time.Duration(median(walls))
+		rows = append(rows, row)
+	}
+	return rows
+}
+
 // ---- micro-benchmarks (go test -bench output)
 
 // microResult is one benchmark: the median of each unit over its -count
@@ -486,6 +551,25 @@ func (r *report) Markdown() string {
 		b.WriteString("\n")
 	}
 
+	if sr := r.spreadRows(); len(sr) > 0 {
+		fmt.Fprintf(&b, "#### Truth with spread: %d services, %s delay, a gather every %s\n\n", c.SpreadN, c.TruthDelay, c.SpreadCadence)
+		fmt.Fprintf(&b, "Each child calls Gather every %s (a gather that takes longer is followed at once): %d gathers first, unmeasured (the automatic spread needs the cadence, known from the second), then %d measured; %d child process(es) per contender, order rotated. Timeout %s and, for our plugin, max_concurrency = %d (the plugin's defaults are 5s and 64), fresh connections; the automatic spread is then max(0, 0.9 × %s − %s) = %s. Error = |reported latency − %s|, p50 and p99 over the measured gathers' probes (median of the runs'). Burst: the most requests that reached the targets (their handler; `latency_target -record-arrivals`) within any %s of a measured gather (a sliding window); span: from the gather's first arrival to its last. The target's own lateness, %s, is a floor under every error.\n\n",
+			c.SpreadCadence, c.SpreadWarmup, c.SpreadGathers, c.SpreadRuns, c.SpreadTimeout, c.SpreadConcurrency, c.SpreadCadence, c.SpreadTimeout,
+			max(0, time.Duration(0.9*float64(c.SpreadCadence))-c.SpreadTimeout), c.TruthDelay, burstSlice, fmtMs(r.Overshoot.Seconds()))
+		fmt.Fprintf(&b, "| contender | spread | in flight (at most) | error p50 | error p99 | p50 less the target's overshoot | most started in %s (median gather) | arrivals' span / gather | wall / gather | samples | arrived / probes | failed | runs |\n", burstSlice)
+		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, row := range sr {
+			spread := "–"
+			if row.Spread != "" {
+				spread = fmt.Sprintf("%q", row.Spread)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | %d (%.0f) | %s | %s | %d | %d/%d | %d | %d |\n", row.Contender, spread, row.Concurrency,
+				fmtMs(row.P50), fmtMs(row.P99), fmtMs(row.P50-r.Overshoot.Seconds()), row.Burst, row.BurstMedian, fmtDur(row.Span), fmtDur(row.Wall),
+				row.Samples, row.Arrived, row.Probes, row.Failed, row.Runs)
+		}
+		b.WriteString("\n")
+	}
+
 	if t := r.targets(); len(t) > 0 {
 		b.WriteString("#### Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
 		for _, row := range t {
@@ -549,7 +633,25 @@ func (r *report) targets() [][3]string {
 			out = append(out, [3]string{"reported latency p50 error ≤ 1 ms at 100 concurrent probes", fmtMs(row.P50), verdict(math.Abs(row.P50) <= 0.001)})
 		}
 	}
+	for _, row := range r.spreadRows() {
+		if row.Contender != Ours || row.Spread != "auto" {
+			continue
+		}
+		c := r.Config
+		what := fmt.Sprintf("%s services, %s delay, a gather every %s, spread = \"auto\": ", fmtCount(c.SpreadN), c.TruthDelay, c.SpreadCadence)
+		out = append(out, [3]string{what + "error p50 ≤ 1 ms", fmtMs(row.P50), verdict(row.P50 <= 0.001)})
+		out = append(out, [3]string{what + "error p99 ≤ 5 ms", fmtMs(row.P99), verdict(row.P99 <= 0.005)})
+	}
 	return out
+}
+
+// fmtCount prints a count with thousands separators (1,000).
+func fmtCount(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 // updateFile writes md between the markers of the file at path (creating

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -25,7 +26,7 @@ type targets struct {
 	logs  []*bytes.Buffer
 }
 
-func startTargets(path string, n, gomaxprocs int) (*targets, error) {
+func startTargets(path string, n, gomaxprocs int, extra ...string) (*targets, error) {
 	t := &targets{}
 	for i := range n {
 		ip := "127.0.0." + strconv.Itoa(i+1)
@@ -36,7 +37,7 @@ func startTargets(path string, n, gomaxprocs int) (*targets, error) {
 		}
 		addr := net.JoinHostPort(ip, strconv.Itoa(port))
 		var log bytes.Buffer
-		cmd := exec.Command(path, "-listen", addr, "-delay", "0s")
+		cmd := exec.Command(path, append([]string{"-listen", addr, "-delay", "0s"}, extra...)...)
 		if gomaxprocs > 0 {
 			cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(gomaxprocs))
 		}
@@ -81,6 +82,73 @@ func (t *targets) stop() {
 		}
 	}
 	t.procs = nil
+}
+
+// arrivals returns (and makes the targets forget) the arrival times of
+// the requests they received since the last call, sorted; the targets
+// must run with -record-arrivals.
+func (t *targets) arrivals() ([]time.Time, error) {
+	c := &http.Client{Timeout: 10 * time.Second}
+	var out []time.Time
+	for _, h := range t.hosts {
+		resp, err := c.Get("http://" + h + "/_arrivals")
+		if err != nil {
+			return nil, err
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("%s: status %d", h, resp.StatusCode)
+		}
+		for f := range bytes.FieldsSeq(body) {
+			ns, err := strconv.ParseInt(string(f), 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s: bad arrival %q (is it run with -record-arrivals?)", h, f)
+			}
+			out = append(out, time.Unix(0, ns))
+		}
+	}
+	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
+	return out, nil
+}
+
+// burstSlice is the slice of time in which a burst is counted.
+const burstSlice = 100 * time.Millisecond
+
+// burst is what the targets saw of one gather: the requests that arrived
+// between its start and its end, over how long (first to last), and the
+// most of them that arrived within any slice of the given length (a
+// sliding window).
+type burst struct {
+	Arrived int
+	Span    time.Duration
+	Max     int
+}
+
+// bursts matches the sorted arrivals to each gather.
+func bursts(gathers []gatherSample, at []time.Time, slice time.Duration) []burst {
+	out := make([]burst, 0, len(gathers))
+	for _, g := range gathers {
+		lo, _ := slices.BinarySearchFunc(at, g.Start, func(a, b time.Time) int { return a.Compare(b) })
+		hi, _ := slices.BinarySearchFunc(at, g.End, func(a, b time.Time) int { return a.Compare(b) })
+		in := at[lo:hi]
+		b := burst{Arrived: len(in)}
+		if len(in) > 0 {
+			b.Span = in[len(in)-1].Sub(in[0])
+		}
+		i := 0
+		for j := range in {
+			for in[j].Sub(in[i]) >= slice {
+				i++
+			}
+			b.Max = max(b.Max, j-i+1)
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 func freePort(ip string) (int, error) {

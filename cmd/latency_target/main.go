@@ -7,6 +7,9 @@
 //	GET /anything?delay=25ms      200 after 25ms
 //	GET /status/503               answers 503
 //	-tcp 127.0.0.1:18081          also accept TCP connections there
+//	-record-arrivals              note when every request reaches the handler;
+//	                              GET /_arrivals returns those times (Unix
+//	                              nanoseconds, one a line) and forgets them
 //
 // It listens only on loopback addresses.
 package main
@@ -23,6 +26,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -32,6 +36,7 @@ func main() {
 	tcpListen := flag.String("tcp", "", "optional TCP listen address that accepts and closes connections")
 	delay := flag.Duration("delay", 2*time.Millisecond, "delay before every answer")
 	jitter := flag.Duration("jitter", 0, "uniform random extra delay in [0, jitter)")
+	record := flag.Bool("record-arrivals", false, "note the arrival time of every request; GET /_arrivals returns them (Unix ns, one a line) and forgets them")
 	flag.Parse()
 
 	for _, a := range []string{*listen, *tcpListen} {
@@ -56,8 +61,12 @@ func main() {
 		}
 		go acceptAndClose(tl)
 	}
+	h := Handler(*delay, *jitter)
+	if *record {
+		h = recordArrivals(h)
+	}
 	srv := &http.Server{
-		Handler:           Handler(*delay, *jitter),
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	fmt.Fprintf(os.Stderr, "latency_target: listening on http://%s (delay %s)\n", ln.Addr(), *delay)
@@ -103,6 +112,38 @@ func Handler(delay, jitter time.Duration) http.Handler {
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(code)
 		_, _ = w.Write([]byte("ok\n"))
+	})
+}
+
+// arrivalsPath is where recordArrivals hands out the arrival times.
+const arrivalsPath = "/_arrivals"
+
+// recordArrivals notes when each request reaches the handler (the
+// benchmark harness counts how many probes start in any 100 ms) and
+// serves, on arrivalsPath, the times noted since the last such request.
+func recordArrivals(next http.Handler) http.Handler {
+	var mu sync.Mutex
+	var times []int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now().UnixNano()
+		if r.URL.Path == arrivalsPath {
+			mu.Lock()
+			got := times
+			times = nil
+			mu.Unlock()
+			w.Header().Set("Content-Type", "text/plain")
+			b := make([]byte, 0, 20*len(got))
+			for _, t := range got {
+				b = strconv.AppendInt(b, t, 10)
+				b = append(b, '\n')
+			}
+			_, _ = w.Write(b)
+			return
+		}
+		mu.Lock()
+		times = append(times, now)
+		mu.Unlock()
+		next.ServeHTTP(w, r)
 	})
 }
 
