@@ -41,7 +41,7 @@ func (r *Redis) agentID() string { return r.opts.AgentID }
 
 // writeEntries writes the entries as given (grouped by service, in order),
 // bypassing the queue: a retried or replayed write.
-func (r *Redis) writeEntries(ctx context.Context, entries []pending, obs []Observation) map[string]*outcome {
+func (r *Redis) writeEntries(ctx context.Context, entries []pending, obs []Observation) map[string]*callResult {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	by := make(map[string]*batch)
@@ -61,7 +61,7 @@ func (r *Redis) writeEntries(ctx context.Context, entries []pending, obs []Obser
 		}
 	}
 	r.writeLocked(ctx, batches)
-	outs := make(map[string]*outcome, len(batches))
+	outs := make(map[string]*callResult, len(batches))
 	for _, b := range batches {
 		outs[b.service] = b.out
 	}

@@ -294,8 +294,8 @@ func (r *Redis) clientLocked() redis.UniversalClient {
 // one script call (the call's cost grows with them).
 const maxReplayPerCall = 256
 
-// outcome is what became of one service's batch.
-type outcome struct {
+// callResult is what became of one service's batch: its merged state, or why it was not written.
+type callResult struct {
 	state *stats.State // merged state (nil when err != nil)
 	warn  error        // the stored state was malformed and was rewritten
 	err   error        // not written: Redis unreachable, slow or failing
@@ -315,7 +315,7 @@ type batch struct {
 	observed bool
 	args     []interface{}
 	cmd      *redis.Cmd
-	out      *outcome // nil: not attempted
+	out      *callResult // nil: not attempted
 }
 
 // failure kinds of a chunk.
@@ -607,13 +607,13 @@ func (r *Redis) writeChunk(parent context.Context, client redis.UniversalClient,
 				// A whole reply was read (go-redis sets the round trip's
 				// error on every command once a later reply fails): the
 				// script ran, the service is written.
-				b.out = r.decodeOutcome(b, v)
+				b.out = r.decodeCallResult(b, v)
 			case err == nil:
 				err = execErr
 				if err == nil {
 					err = errors.New("no reply from Redis")
 				}
-				b.out = &outcome{err: err}
+				b.out = &callResult{err: err}
 				chunkErr = cmp.Or(chunkErr, err)
 			case redis.HasErrorPrefix(err, "NOSCRIPT"):
 				noscript = append(noscript, b)
@@ -622,9 +622,9 @@ func (r *Redis) writeChunk(parent context.Context, client redis.UniversalClient,
 				// discard them at the next write.
 				r.forceReset[b.service] = true
 				r.opts.Log.Warnf("Redis state store: the script failed on service %q (keys %s): %v; its keys will be rewritten", b.service, r.keys(b.service)[0], err)
-				b.out = &outcome{err: err}
+				b.out = &callResult{err: err}
 			default:
-				b.out = &outcome{err: err}
+				b.out = &callResult{err: err}
 				chunkErr = cmp.Or(chunkErr, err)
 			}
 		}
@@ -632,7 +632,7 @@ func (r *Redis) writeChunk(parent context.Context, client redis.UniversalClient,
 		if len(todo) > 0 {
 			if err := redisScript.Load(ctx, client).Err(); err != nil {
 				for _, b := range todo {
-					b.out = &outcome{err: err}
+					b.out = &callResult{err: err}
 				}
 				return cmp.Or(chunkErr, err)
 			}
@@ -640,7 +640,7 @@ func (r *Redis) writeChunk(parent context.Context, client redis.UniversalClient,
 	}
 	for _, b := range todo { // still NOSCRIPT after loading
 		err := errors.New("script not loaded (NOSCRIPT)")
-		b.out = &outcome{err: err}
+		b.out = &callResult{err: err}
 		chunkErr = cmp.Or(chunkErr, err)
 	}
 	return chunkErr
@@ -829,9 +829,9 @@ func (r *Redis) bucketThresholds(key string, bounds []float64) string {
 	return th
 }
 
-// decodeOutcome turns the script's reply into the service's merged state,
+// decodeCallResult turns the script's reply into the service's merged state,
 // kept as the agent's local state.
-func (r *Redis) decodeOutcome(b *batch, v interface{}) *outcome {
+func (r *Redis) decodeCallResult(b *batch, v interface{}) *callResult {
 	delete(r.forceReset, b.service)
 	// The merged state becomes the agent's local state when it holds this
 	// Update's observation. A replay-only call (the service's newer
@@ -857,9 +857,9 @@ func (r *Redis) decodeOutcome(b *batch, v interface{}) *outcome {
 		if b.observed {
 			delete(r.local, b.service)
 		}
-		return &outcome{err: fmt.Errorf("state of service %q in Redis (%s) is malformed: %w", b.service, keys[0], err)}
+		return &callResult{err: fmt.Errorf("state of service %q in Redis (%s) is malformed: %w", b.service, keys[0], err)}
 	}
-	out := &outcome{state: st}
+	out := &callResult{state: st}
 	if status == "reset" {
 		out.warn = fmt.Errorf("state of service %q in Redis is malformed (key %s: %s): its keys were rewritten, starting over from the current sample", b.service, key, reason)
 		if !b.observed { // nobody else would log it
