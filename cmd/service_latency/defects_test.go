@@ -206,3 +206,27 @@ func TestCutLine(t *testing.T) {
 	require.True(t, strings.HasSuffix(got, "[cut]"))
 	require.True(t, strings.HasPrefix(got, "é"))
 }
+
+// 12.3: a credential in a config error is never shown, on SIGHUP either.
+func TestBinarySecretsNeverInConfigErrors(t *testing.T) {
+	srv := target(t)
+	bad := "[[inputs.service_latency]]\n  state = \"redis\"\n[inputs.service_latency.redis]\n  url = \"redis://u:SECRETR5@[::1:1/0\"\n[[inputs.service_latency.service]]\n  url = \"" + srv.URL + "\"\n"
+	out, err := exec.Command(binPath, "-config", writeConf(t, bad), "-once").CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "redis.url")
+	require.NotContains(t, string(out), "SECRETR5")
+
+	good := "[[inputs.service_latency]]\n  state = \"redis\"\n[inputs.service_latency.redis]\n  address = \"127.0.0.1:1\"\n[[inputs.service_latency.service]]\n  url = \"" + srv.URL + "\"\n"
+	path := writeConf(t, good)
+	p := start(t, "-config", path, "-poll_interval_disabled")
+	_, err = io.WriteString(p.stdin, "\n")
+	require.NoError(t, err)
+	p.metric() // running (Redis down: local state)
+	require.NoError(t, os.WriteFile(path, []byte(strings.Replace(good, `address = "127.0.0.1:1"`, `address = "u:SECRETA1@127.0.0.1:16379"`, 1)), 0o600))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return strings.Contains(p.stderr.String(), "E! SIGHUP") }, 10*time.Second, 20*time.Millisecond, p.stderr.String())
+	require.NotContains(t, p.stderr.String(), "SECRETA1")
+	require.Contains(t, p.stderr.String(), "redis.address")
+	require.NoError(t, p.stdin.Close())
+	require.Equal(t, 0, p.wait())
+}
