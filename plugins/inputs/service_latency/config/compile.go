@@ -78,6 +78,10 @@ func Compile(c *Config) (*Spec, error) {
 			Spread:         c.Spread.D,
 			SpreadAuto:     c.Spread.Auto,
 			Seed:           seed,
+			Shape: gather.Shape{
+				NoResultTag:    c.ResultTag != nil && !*c.ResultTag,
+				NoStringFields: c.StringFields != nil && !*c.StringFields,
+			},
 		},
 		Store:           st,
 		Status:          ops,

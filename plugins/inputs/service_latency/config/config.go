@@ -83,6 +83,12 @@ type Config struct {
 	StateFile string             `toml:"state_file"`
 	Redis     *store.RedisConfig `toml:"redis"`
 
+	// Shape of the metrics: result_tag = false drops the `result` tag
+	// (result_code carries it) and string_fields = false the string fields,
+	// so that a service is one series in Prometheus.
+	ResultTag    *bool `toml:"result_tag"`
+	StringFields *bool `toml:"string_fields"`
+
 	// Operations: the status server and the plugin's own metrics.
 	StatusListen      string `toml:"status_listen"`
 	StatusAllowRemote bool   `toml:"status_allow_remote"`

@@ -82,7 +82,7 @@ func benchmarkEmit(b *testing.B, acc *benchAccumulator) {
 	var snap stats.Snapshot
 	emit := func() {
 		st.Snapshot(t.Percentiles, &snap)
-		tags, fields := fieldsOf(t, &r, &snap)
+		tags, fields := fieldsOf(t, &r, &snap, Shape{})
 		acc.AddFields("service_latency", fields, tags, now)
 	}
 	emit() // warm-up: sizes the snapshot's slices

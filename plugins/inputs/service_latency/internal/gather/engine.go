@@ -257,7 +257,7 @@ func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit fun
 func (e *Engine) service(s *Service, t *Target, r *probe.Result, st *stats.State) {
 	st.Snapshot(t.Percentiles, &e.snap)
 	s.Name = t.Name
-	s.Tags, s.Fields = fieldsOf(t, r, &e.snap)
+	s.Tags, s.Fields = fieldsOf(t, r, &e.snap, e.settings.Shape)
 	s.Histogram, s.HistogramTags = histogram(t, &e.snap)
 	s.LastSuccess = unixTime(st.LastSuccess)
 	s.LastFailure = unixTime(st.LastFailure)

@@ -280,3 +280,38 @@ func TestConcurrencyBoundWithSpread(t *testing.T) {
 	require.Len(t, got, 40)
 	require.LessOrEqual(t, peak.Load(), int64(3))
 }
+
+// result_tag = false and string_fields = false: no `result` tag, no
+// string field; result_code still says what happened.
+func TestShapeForPrometheus(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") }))
+	defer srv.Close()
+	var o probe.Options
+	o.InsecureSkipVerify = true
+	pr, err := probe.New(srv.URL, time.Second, o)
+	require.NoError(t, err)
+	defer pr.Close()
+	tg := NewTarget("tls", srv.URL, pr, testParams, []float64{50}, nil)
+	tg.Schedule = Schedule{Timeout: time.Second, Samples: 1}
+	for _, shape := range []Shape{{}, {NoResultTag: true, NoStringFields: true}} {
+		e := New(store.NewMemory(), nopLog{})
+		e.SetTargets([]*Target{NewTarget(tg.Name, tg.Server, tg.Prober, tg.Params, tg.Percentiles, nil)}, Settings{MaxConcurrency: 1, Shape: shape})
+		e.Targets()[0].Schedule = tg.Schedule
+		_, got := gatherAll(t, e, time.Now())
+		s := got[0]
+		_, hasResult := s.Tags["result"]
+		require.Equal(t, !shape.NoResultTag, hasResult)
+		require.Contains(t, s.Fields, "result_code")
+		strings := 0
+		for _, v := range s.Fields {
+			if _, ok := v.(string); ok {
+				strings++
+			}
+		}
+		if shape.NoStringFields {
+			require.Zero(t, strings, "%v", s.Fields)
+		} else {
+			require.NotZero(t, strings, "tls_version is a string field: %v", s.Fields)
+		}
+	}
+}

@@ -7,9 +7,11 @@ import (
 
 // fieldsOf turns a probe result and the service's state snapshot into the
 // tags and fields of its service_latency metric. It is a pure function.
-func fieldsOf(t *Target, r *probe.Result, snap *stats.Snapshot) (map[string]string, map[string]any) {
+func fieldsOf(t *Target, r *probe.Result, snap *stats.Snapshot, shape Shape) (map[string]string, map[string]any) {
 	tags := baseTags(t, 1)
-	tags["result"] = r.Outcome.String()
+	if !shape.NoResultTag {
+		tags["result"] = r.Outcome.String()
+	}
 
 	// At most maxStateFields state fields besides the percentiles: an
 	// exact bound keeps the map in the smallest table that holds them.
@@ -19,10 +21,25 @@ func fieldsOf(t *Target, r *probe.Result, snap *stats.Snapshot) (map[string]stri
 	}
 	fields["result_code"] = int64(r.Outcome)
 	for _, f := range r.Fields {
+		if _, isString := f.Value.(string); isString && shape.NoStringFields {
+			continue
+		}
 		fields[f.Key] = f.Value
 	}
 	stateFields(fields, snap, &t.fieldNames)
 	return tags, fields
+}
+
+// Shape is how metrics are shaped for the output they go to.
+// Telegraf's prometheus_client turns every tag and every string field into
+// a label, and a label whose value changes starts a new series while the
+// old one stays exposed (until its expiration_interval): a service that
+// went from result=timeout back to success would show both, and a rule on
+// consecutive_failures would still see the failing one. With both set, a
+// service is one series; result_code carries the result.
+type Shape struct {
+	NoResultTag    bool // result_tag = false: no `result` tag
+	NoStringFields bool // string_fields = false: no string fields
 }
 
 // histogram returns the service's cumulative buckets and the tags of its

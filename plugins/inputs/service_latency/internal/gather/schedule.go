@@ -31,6 +31,8 @@ type Settings struct {
 	// Seed makes the offsets this agent's own: two agents probing the
 	// same services are not in lockstep.
 	Seed string
+	// Shape of the metrics (result_tag, string_fields).
+	Shape Shape
 }
 
 // cadenceHistory is how many recent gather starts the cadence is taken
