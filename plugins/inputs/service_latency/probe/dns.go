@@ -64,16 +64,16 @@ var dnsTypes = map[string]uint16{
 }
 
 type dnsProber struct {
-	host    string
-	port    string
-	net     netConfig
+	host string
+	port string
+	net  netConfig
 	// udpDialer, tcpDialer carry the timeout and source_address.
 	udpDialer, tcpDialer net.Dialer
-	name    string // FQDN
-	qtype   uint16
-	tcp     bool
-	timeout time.Duration
-	client  *dns.Client
+	name                 string // FQDN
+	qtype                uint16
+	tcp                  bool
+	timeout              time.Duration
+	client               *dns.Client
 }
 
 func newDNS(u *url.URL, timeout time.Duration, o *Options) (*dnsProber, error) {

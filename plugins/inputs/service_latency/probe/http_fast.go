@@ -211,9 +211,9 @@ func (l *limitedConn) Read(p []byte) (int, error) {
 }
 
 var (
-	errHeaderLimit   = errors.New("read limit of response header bytes exhausted")
-	errHeaderTooBig  = fmt.Errorf("net/http: server response headers exceeded %d bytes; aborted", maxResponseHeaderBytes)
-	errInvalidAuth   = fmt.Errorf("net/http: invalid header field value for %q", "Authorization")
+	errHeaderLimit  = errors.New("read limit of response header bytes exhausted")
+	errHeaderTooBig = fmt.Errorf("net/http: server response headers exceeded %d bytes; aborted", maxResponseHeaderBytes)
+	errInvalidAuth  = fmt.Errorf("net/http: invalid header field value for %q", "Authorization")
 )
 
 // probeFast is Probe on the fast path; see the file comment.

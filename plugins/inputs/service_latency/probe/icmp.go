@@ -238,8 +238,8 @@ func datagramHelp(err error) string {
 	if b, rerr := os.ReadFile(pingGroupRange); rerr == nil {
 		now = strings.Join(strings.Fields(string(b)), " ")
 	}
-	return fmt.Sprintf("unprivileged ICMP sockets need the process's group (gid %d) inside net.ipv4.ping_group_range, now %q (%v); allow it with `sudo sysctl -w net.ipv4.ping_group_range=\"%d %d\"` (and the same line in /etc/sysctl.d/ to keep it)",
-		gid, now, err, gid, gid)
+	return fmt.Sprintf("unprivileged ICMP sockets need the process's group (gid %d) inside net.ipv4.ping_group_range, now %q (%v); allow it with `sudo sysctl -w net.ipv4.ping_group_range=\"%d %d\"` (a line net.ipv4.ping_group_range = %d %d in /etc/sysctl.d/ keeps it)",
+		gid, now, err, gid, gid, gid, gid)
 }
 
 // Kind returns "icmp".
