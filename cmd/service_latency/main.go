@@ -15,6 +15,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +34,7 @@ import (
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/debugprobe"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
 )
 
@@ -68,6 +70,7 @@ func run(args []string, stdout, stderr io.Writer, hup chan os.Signal) int {
 	once := fs.Bool("once", false, "gather once, print line protocol to stdout and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	debugLog := fs.Bool("debug", false, "log debug messages")
+	probeName := fs.String("probe", "", "probe the service of this name once, print a trace of it to stdout and exit (0: success, 1: failed, 2: bad config or name)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -99,6 +102,9 @@ func run(args []string, stdout, stderr io.Writer, hup chan os.Signal) int {
 	}
 	probe.UserAgent = "service_latency/" + version
 	service_latency.SetBuildInfo(version, buildCommit())
+	if *probeName != "" {
+		return debugProbe(*configFile, *probeName, stdout, log)
+	}
 	log.Debugf("loading %s", *configFile)
 	plugin, err := load(*configFile, log)
 	if err != nil {
@@ -145,6 +151,25 @@ func run(args []string, stdout, stderr io.Writer, hup chan os.Signal) int {
 		return 1
 	}
 	return 0
+}
+
+// debugProbe is -probe: compile the config (no store is opened) and trace
+// one probe of the named service.
+func debugProbe(path, name string, stdout io.Writer, log telegraf.Logger) int {
+	f, err := config.Load(path)
+	if err != nil {
+		log.Errorf("config: %v", err)
+		return debugprobe.BadConfig
+	}
+	spec, err := config.Compile(&f.Config)
+	if err != nil {
+		log.Errorf("config: %v", f.Locate(err))
+		return debugprobe.BadConfig
+	}
+	defer spec.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return debugprobe.Run(ctx, &f.Config, spec, name, stdout)
 }
 
 // load reads and compiles the config file and initializes the plugin with
