@@ -67,6 +67,11 @@ type grpcProber struct {
 	mu  sync.Mutex
 	cc  *grpc.ClientConn
 	rec *grpcRecorder
+
+	// running counts calls and closes that outlive Probe (a call still
+	// unwinding after the deadline, the close of a fresh connection);
+	// Close waits for them.
+	running sync.WaitGroup
 }
 
 func newGRPC(u *url.URL, timeout time.Duration, o *Options) (*grpcProber, error) {
@@ -122,6 +127,7 @@ func (p *grpcProber) Close() {
 	if cc != nil {
 		_ = cc.Close()
 	}
+	p.running.Wait()
 }
 
 // grpcRecorder collects what the dials and handshakes of a connection did.
@@ -195,7 +201,9 @@ func (p *grpcProber) connect(rec *grpcRecorder) (*grpc.ClientConn, error) {
 		grpc.WithDisableServiceConfig(),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: p.timeout,
+			// Longer than the probe: the probe's deadline ends a
+			// connect, and reports it as a timeout.
+			MinConnectTimeout: p.timeout + time.Second,
 		}),
 	)
 }
@@ -221,18 +229,39 @@ func (p *grpcProber) Probe(parent context.Context) Result {
 	} else {
 		rec = new(grpcRecorder)
 		cc, err = p.connect(rec)
-		if cc != nil {
-			defer cc.Close()
-		}
 	}
 	if err != nil {
 		return Result{Outcome: ConnectionFailed, Err: err}
 	}
 
-	var pr peer.Peer
+	// The call runs on a goroutine of its own so that Probe returns at
+	// its deadline even when gRPC takes a moment to unwind; a fresh
+	// connection is closed there too (Close waits for both).
+	type reply struct {
+		resp *healthpb.HealthCheckResponse
+		pr   peer.Peer
+		err  error
+	}
+	replies := make(chan reply, 1)
 	start := time.Now()
-	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: p.service}, grpc.Peer(&pr))
+	p.running.Add(1)
+	go func() {
+		defer p.running.Done()
+		var rp reply
+		rp.resp, rp.err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: p.service}, grpc.Peer(&rp.pr))
+		replies <- rp
+		if !p.keep {
+			_ = cc.Close()
+		}
+	}()
+	var rp reply
+	select {
+	case rp = <-replies:
+	case <-ctx.Done():
+		rp.err = status.FromContextError(ctx.Err()).Err()
+	}
 	end := time.Now()
+	resp, err, pr := rp.resp, rp.err, rp.pr
 	fields, dialErr, tlsErr := rec.take()
 	if pr.Addr != nil {
 		if ip := remoteIP(pr.Addr); ip != "" {
@@ -268,7 +297,7 @@ func (p *grpcProber) Probe(parent context.Context) Result {
 		default:
 			res.Outcome = GRPCError
 		}
-		if ctx.Err() != nil {
+		if deadline, _ := ctx.Deadline(); ctx.Err() != nil || !end.Before(deadline) {
 			res.Outcome = Timeout
 		}
 		return res

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/influxdata/telegraf/config"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -24,6 +25,7 @@ func TestNoGoroutineOutlivesProbe(t *testing.T) {
 	silent := testpeer.Serve(t, func(c net.Conn, _ <-chan struct{}) { _, _ = io.Copy(io.Discard, c) })
 	udp, tcp := dnsServer(t)
 	refused := freePort(t)
+	grpcAddr, _ := grpcHealthServer(t, nil, false)
 	ignore := goleak.IgnoreCurrent()
 
 	const timeout = 150 * time.Millisecond
@@ -42,6 +44,13 @@ func TestNoGoroutineOutlivesProbe(t *testing.T) {
 		"dns://" + udp + "/a.test":                  {},
 		"dns://" + tcp + "/a.test?transport=tcp":    {},
 		"dns://" + silent + "/a.test?transport=tcp": {},
+		"grpc://" + silent:                          {},
+		"grpcs://" + silent + "/svc":                {KeepAlive: ptr(true)},
+		"grpc://" + refused:                         {},
+		"grpc://" + grpcAddr:                        {},
+		"grpc://" + grpcAddr + "/ka":                {KeepAlive: ptr(true)},
+		"icmp://127.0.0.1":                          {Count: ptr(2), PingInterval: config.Duration(10 * time.Millisecond)},
+		"icmp://[::1]":                              {Count: ptr(2), PingInterval: config.Duration(10 * time.Millisecond), Privileged: PrivilegedTrue},
 	}
 	var probers []Prober
 	for u, o := range urls {
