@@ -200,7 +200,7 @@ func (p *grpcProber) connect(rec *grpcRecorder) (*grpc.ClientConn, error) {
 		grpc.WithDisableRetry(),
 		grpc.WithDisableServiceConfig(),
 		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			// Longer than the probe: the probe's deadline ends a
 			// connect, and reports it as a timeout.
 			MinConnectTimeout: p.timeout + time.Second,
