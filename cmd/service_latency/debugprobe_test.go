@@ -35,7 +35,8 @@ func TestBinaryProbeTrace(t *testing.T) {
   name = "down"
   url = "tcp://` + refused + `"
 `
-	out, code := runProbe(t, strings.Replace(conf, `  bearer_token = "SECRETBT"`+"\n", "", 1), "ok")
+	valid := strings.Replace(conf, `  bearer_token = "SECRETBT"`+"\n", "", 1)
+	out, code := runProbe(t, valid, "ok")
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "options in effect")
 	require.Contains(t, out, "outcome:\n  success")
@@ -49,12 +50,12 @@ func TestBinaryProbeTrace(t *testing.T) {
 	require.NotContains(t, out, "SECRETBT")
 	require.NotContains(t, out, "SECRETPW")
 
-	out, code = runProbe(t, conf, "down")
+	out, code = runProbe(t, valid, "down")
 	require.Equal(t, 1, code, out)
 	require.Contains(t, out, "connection_failed")
 	require.Contains(t, out, "field result_code = 3")
 
-	out, code = runProbe(t, conf, "nope")
+	out, code = runProbe(t, valid, "nope")
 	require.Equal(t, 2, code, out)
 	require.Contains(t, out, `no service named "nope"`)
 
