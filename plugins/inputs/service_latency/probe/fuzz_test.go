@@ -109,7 +109,7 @@ func FuzzProbeNew(f *testing.F) {
 		if err != nil {
 			t.Fatalf("New accepted %q that url.Parse rejects: %v", rawURL, err)
 		}
-		want := map[string]string{"http": "http", "https": "http", "tcp": "tcp", "dns": "dns"}[u.Scheme]
+		want := map[string]string{"http": "http", "https": "http", "tcp": "tcp", "dns": "dns", "icmp": "icmp", "grpc": "grpc", "grpcs": "grpc"}[u.Scheme]
 		if p.Kind() != want {
 			t.Fatalf("scheme %q gave a %q prober", u.Scheme, p.Kind())
 		}
