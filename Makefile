@@ -6,7 +6,7 @@ COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null)
 LDFLAGS   := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test unit e2e bench lint deps clean docs fuzz fuzz-short
+.PHONY: all build run test unit e2e rules bench lint deps clean docs fuzz fuzz-short
 
 all: build
 
@@ -35,13 +35,19 @@ deps:
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
 	command -v setpriv >/dev/null 2>&1 || missing="$$missing util-linux"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 ## test: the whole suite, race detector on, then each fuzz target for a few seconds
-test: deps lint unit fuzz-short
+test: deps lint rules unit fuzz-short
+
+## rules: check the Prometheus alerting rules and run their unit tests (promtool, examples/prometheus)
+rules: deps
+	promtool check rules examples/prometheus/alerts.yml
+	promtool test rules examples/prometheus/alerts_test.yml
 
 unit: build
 	$(GO) test -race -count=1 -timeout 20m ./...
