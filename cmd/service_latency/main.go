@@ -24,6 +24,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,6 +32,7 @@ import (
 	"github.com/influxdata/telegraf/logger"
 	"github.com/influxdata/telegraf/models"
 	"github.com/influxdata/telegraf/plugins/common/shim"
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
@@ -91,6 +93,10 @@ func run(args []string, stdout, stderr io.Writer, hup chan os.Signal) int {
 		return 1
 	}
 	log := newLevelLogger(stderr, level)
+	// grpc-go (the grpc:// probe) logs on its own, without a level prefix
+	// execd could read: its lines become our debug lines.
+	grpcLog := debugWriter{log}
+	grpclog.SetLoggerV2(grpclog.NewLoggerV2(grpcLog, grpcLog, grpcLog))
 
 	if *configFile == "" {
 		log.Errorf("no config file: run with -config /path/to/service_latency.conf")
@@ -151,6 +157,14 @@ func run(args []string, stdout, stderr io.Writer, hup chan os.Signal) int {
 		return 1
 	}
 	return 0
+}
+
+// debugWriter writes each line it is given as a debug line.
+type debugWriter struct{ log telegraf.Logger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debugf("grpc: %s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 // debugProbe is -probe: compile the config (no store is opened) and trace
