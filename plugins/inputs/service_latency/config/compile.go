@@ -141,13 +141,20 @@ func compileTargets(c *Config) (targets []*gather.Target, err error) {
 	if err := checkSchedule(time.Duration(c.Interval), c.Samples, time.Duration(c.SampleInterval), time.Duration(c.Timeout), "timeout"); err != nil {
 		return nil, nested(-1, "", "", err)
 	}
+	vbase := verdictConfig{
+		failure: c.FailureThreshold, success: c.SuccessThreshold,
+		latency: time.Duration(c.DegradedLatency), statistic: c.DegradedStatistic,
+	}
+	if _, err := vbase.compile(pcts); err != nil {
+		return nil, nested(-1, "", "", err)
+	}
 	if len(c.Services) == 0 {
 		return nil, pluginErr("service", errors.New("no services configured: add at least one [[inputs.service_latency.service]] with a url"))
 	}
 	seen := make(map[string]int, len(c.Services))
 	targets = make([]*gather.Target, 0, len(c.Services))
 	for i, s := range c.Services {
-		t, err := compileService(c, i, s, base, pcts, seen)
+		t, err := compileService(c, i, s, base, pcts, vbase, seen)
 		if err != nil {
 			return targets, err
 		}
@@ -156,7 +163,7 @@ func compileTargets(c *Config) (targets []*gather.Target, err error) {
 	return targets, nil
 }
 
-func compileService(c *Config, i int, s *Service, base stats.Params, pcts []float64, seen map[string]int) (*gather.Target, error) {
+func compileService(c *Config, i int, s *Service, base stats.Params, pcts []float64, vc verdictConfig, seen map[string]int) (*gather.Target, error) {
 	if s == nil {
 		return nil, &Error{Service: i, Err: errors.New("empty service table")}
 	}
@@ -222,6 +229,23 @@ func compileService(c *Config, i int, s *Service, base stats.Params, pcts []floa
 			return nil, nested(i, boundedName(s.Name), "", err)
 		}
 	}
+	if s.FailureThreshold != 0 {
+		vc.failure = s.FailureThreshold
+	}
+	if s.SuccessThreshold != 0 {
+		vc.success = s.SuccessThreshold
+	}
+	if s.DegradedLatency != nil {
+		vc.latency = time.Duration(*s.DegradedLatency)
+	}
+	if s.DegradedStatistic != "" {
+		vc.statistic = s.DegradedStatistic
+	}
+	vp, err := vc.compile(pcts)
+	if err != nil {
+		return nil, nested(i, boundedName(s.Name), "", err)
+	}
+	params.Verdict = vp
 	if err := checkTags(s.Tags); err != nil {
 		return nil, fail("tags", err)
 	}
@@ -232,6 +256,42 @@ func compileService(c *Config, i int, s *Service, base stats.Params, pcts []floa
 	t := gather.NewTarget(name, redact.URL(s.URL), prober, params, pcts, s.Tags)
 	t.Schedule = sched
 	return t, nil
+}
+
+// verdictConfig are a service's verdict settings as configured.
+type verdictConfig struct {
+	failure, success int
+	latency          time.Duration
+	statistic        string
+}
+
+// compile validates the settings against the percentiles the service
+// computes: errors are *keyerr.Error naming failure_threshold,
+// success_threshold, degraded_latency or degraded_statistic.
+func (vc verdictConfig) compile(pcts []float64) (stats.VerdictParams, error) {
+	vp := stats.VerdictParams{
+		FailureThreshold: vc.failure,
+		SuccessThreshold: vc.success,
+		DegradedLatency:  vc.latency.Seconds(),
+		Statistic:        stats.DefaultStatistic,
+	}
+	if vc.latency < 0 {
+		return vp, keyerr.Errorf("degraded_latency", "must not be negative, got %s (0 or unset: no latency objective)", vc.latency)
+	}
+	if err := vp.Validate(); err != nil {
+		return vp, err
+	}
+	if vc.statistic != "" || vc.latency > 0 {
+		st := vc.statistic
+		if st == "" {
+			st = vp.Statistic.String()
+		}
+		var err error
+		if vp.Statistic, err = stats.ParseStatistic(st, pcts); err != nil {
+			return vp, err
+		}
+	}
+	return vp, nil
 }
 
 // checkSchedule validates an interval and a round against the timeout

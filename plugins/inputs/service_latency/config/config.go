@@ -19,6 +19,7 @@ import (
 	"github.com/influxdata/toml/ast"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
 )
 
@@ -72,6 +73,15 @@ type Config struct {
 	Samples        int             `toml:"samples"`
 	SampleInterval config.Duration `toml:"sample_interval"`
 
+	// The verdict (status): failed rounds in a row before down, good
+	// rounds in a row before up again, and an optional latency objective
+	// (0: none) on a statistic ("p95" when empty) above which the service
+	// is degraded. A service may override each.
+	FailureThreshold  int             `toml:"failure_threshold"`
+	SuccessThreshold  int             `toml:"success_threshold"`
+	DegradedLatency   config.Duration `toml:"degraded_latency"`
+	DegradedStatistic string          `toml:"degraded_statistic"`
+
 	// Probe options, defaults for every service.
 	probe.Options
 
@@ -114,6 +124,13 @@ type Service struct {
 	Samples        int             `toml:"samples"`
 	SampleInterval config.Duration `toml:"sample_interval"`
 
+	// Verdict overrides (0 / "": the plugin-wide value). DegradedLatency
+	// is a pointer so that "0s" can turn off a plugin-wide objective.
+	FailureThreshold  int              `toml:"failure_threshold"`
+	SuccessThreshold  int              `toml:"success_threshold"`
+	DegradedLatency   *config.Duration `toml:"degraded_latency"`
+	DegradedStatistic string           `toml:"degraded_statistic"`
+
 	probe.Options
 }
 
@@ -127,6 +144,9 @@ func Default() Config {
 		Spread:         Spread{Auto: true},
 		Samples:        1,
 		SampleInterval: config.Duration(DefaultSampleInterval),
+
+		FailureThreshold: stats.DefaultFailureThreshold,
+		SuccessThreshold: stats.DefaultSuccessThreshold,
 	}
 }
 

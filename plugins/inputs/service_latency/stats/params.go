@@ -74,6 +74,11 @@ type Params struct {
 	// Prometheus "le"), finite, non-negative and strictly increasing. An
 	// implicit +Inf bucket follows them. Nil or empty means no histogram.
 	Buckets []float64
+	// Verdict are the parameters of the service's status (thresholds and
+	// latency objective). They shape no stored data: Validate does not
+	// check them (VerdictParams.Validate does), a state file does not hold
+	// them, and a change applies from the next round on.
+	Verdict VerdictParams
 }
 
 // Validate checks the parameters. Every error is a *keyerr.Error whose Key

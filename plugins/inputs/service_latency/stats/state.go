@@ -55,6 +55,10 @@ type State struct {
 	// len(Params.Buckets)+1 counters, the last one for +Inf. Nil without a
 	// histogram.
 	Buckets []int64
+	// Verdict is the service's status (up, degraded, down, unknown) and the
+	// runs of rounds that decide it: advanced once per round by EndRound,
+	// not by Observe.
+	Verdict Verdict
 }
 
 // NewState returns an empty state for p, with the ring pre-sized to
@@ -315,13 +319,19 @@ func (s *State) Clone() *State {
 //     exact when the states cover successive periods);
 //   - Sketch: MergeWith (exact); Buckets: sums;
 //   - EWMA: the one with the later EWMAAt (s's on a tie);
-//   - Ring: s's probes, then o's, oldest first; the newest p.Window kept.
+//   - Ring: s's probes, then o's, oldest first; the newest p.Window kept;
+//   - Verdict: the one with the later Since (s's on a tie).
 func (s *State) Merge(o *State, p Params) {
 	if o == nil {
 		return
 	}
 	if o == s {
 		o = o.Clone()
+	}
+
+	// Verdict: the one that changed last.
+	if o.Verdict.Since > s.Verdict.Since {
+		s.Verdict = o.Verdict
 	}
 
 	// Consecutive failures, from the pre-merge timestamps.
@@ -434,6 +444,10 @@ func (s *State) Validate(p Params) error {
 		if s.Count == 1 && s.M2 != 0 {
 			return fmt.Errorf("one sample but m2 %v", s.M2)
 		}
+	}
+
+	if err := s.Verdict.Validate(); err != nil {
+		return err
 	}
 
 	// Ring.

@@ -12,15 +12,20 @@ import (
 )
 
 // DumpVersion is the version of the Dump format (the state file's
-// "version" field). A file of another version is not loaded: it is kept
+// "version" field). Version 2 added each entry's "verdict"; a version 1
+// file still loads (its services' status is unknown until the
+// thresholds decide). A file of another version is not loaded: it is kept
 // aside like a corrupt one.
-const DumpVersion = 1
+const DumpVersion = 2
+
+// minDumpVersion is the oldest version that loads.
+const minDumpVersion = 1
 
 // Dump is every service's state in a portable form: the content of the
 // state file and of Telegraf's statefile entry (GetState/SetState). It is
 // plain JSON:
 //
-//	{"version": 1, "saved_at": "...", "services": {"api": {...}, ...}}
+//	{"version": 2, "saved_at": "...", "services": {"api": {...}, ...}}
 //
 // Each service entry is kept as raw JSON so that one malformed entry does
 // not prevent the others from loading.
@@ -55,6 +60,49 @@ type dumpEntry struct {
 	Sketch sketchJSON `json:"sketch"`
 	// Buckets are the per-bucket (not cumulative) histogram counts.
 	Buckets []int64 `json:"buckets,omitempty"`
+	// Verdict is the service's status (version 2; absent: unknown).
+	Verdict *verdictJSON `json:"verdict,omitempty"`
+}
+
+// verdictJSON is a stats.Verdict: the status by name, the time it began
+// (unix ns) and the runs of rounds that decide it.
+type verdictJSON struct {
+	Status string `json:"status"`
+	Since  int64  `json:"since"`
+	Failed int64  `json:"failed_rounds"`
+	OK     int64  `json:"ok_rounds"`
+	Slow   int64  `json:"slow_rounds"`
+	Good   int64  `json:"good_rounds"`
+}
+
+func encodeVerdict(v stats.Verdict) *verdictJSON {
+	if v == (stats.Verdict{}) {
+		return nil
+	}
+	return &verdictJSON{Status: v.Status.String(), Since: v.Since, Failed: v.Failed, OK: v.OK, Slow: v.Slow, Good: v.Good}
+}
+
+func decodeVerdict(j *verdictJSON) (stats.Verdict, error) {
+	if j == nil {
+		return stats.Verdict{}, nil
+	}
+	v := stats.Verdict{Since: j.Since, Failed: j.Failed, OK: j.OK, Slow: j.Slow, Good: j.Good}
+	st, ok := parseStatus(j.Status)
+	if !ok {
+		return v, fmt.Errorf("verdict status %q", j.Status)
+	}
+	v.Status = st
+	return v, v.Validate()
+}
+
+// parseStatus is the inverse of stats.Status.String.
+func parseStatus(s string) (stats.Status, bool) {
+	for st := stats.StatusUnknown; st <= stats.MaxStatus; st++ {
+		if st.String() == s {
+			return st, true
+		}
+	}
+	return 0, false
 }
 
 type sketchJSON struct {
@@ -98,6 +146,7 @@ func encodeEntry(s *stats.State, p stats.Params) ([]byte, error) {
 		LastSuccess:         s.LastSuccess,
 		LastFailure:         s.LastFailure,
 		Buckets:             s.Buckets,
+		Verdict:             encodeVerdict(s.Verdict),
 		Ring:                make([]*float64, 0, len(s.Ring)),
 		Sketch:              sketchJSON{Mapping: mappingID, Bins: map[int]float64{}},
 	}
@@ -158,6 +207,9 @@ func decodeEntry(raw json.RawMessage) (*stats.State, stats.Params, error) {
 		Sketch:              stats.NewSketch(),
 		Buckets:             e.Buckets,
 	}
+	if s.Verdict, err = decodeVerdict(e.Verdict); err != nil {
+		return nil, p, err
+	}
 	if len(e.Ring) > p.Window {
 		return nil, p, fmt.Errorf("ring holds %d probes, window is %d", len(e.Ring), p.Window)
 	}
@@ -207,8 +259,8 @@ func checkDump(s *Dump) error {
 	if s == nil {
 		return errNilDump
 	}
-	if s.Version != DumpVersion {
-		return fmt.Errorf("unsupported state format version %d (want %d)", s.Version, DumpVersion)
+	if s.Version < minDumpVersion || s.Version > DumpVersion {
+		return fmt.Errorf("unsupported state format version %d (want %d to %d)", s.Version, minDumpVersion, DumpVersion)
 	}
 	return nil
 }

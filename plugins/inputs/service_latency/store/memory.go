@@ -24,6 +24,8 @@ type Memory struct {
 	// out is Update's result slice, reused from call to call (the Store
 	// contract: results are valid until the next Update).
 	out []Entry
+	// scratch is the verdict's sort buffer (a window percentile).
+	scratch []float64
 }
 
 type memEntry struct {
@@ -109,7 +111,11 @@ func (m *Memory) apply(now time.Time, o *Observation) Entry {
 		e.checked = true
 	}
 	e.state.Observe(o.at(now), o.OK, o.Latency, o.Params)
-	return Entry{State: e.state, Warning: warn}
+	before := e.state.Verdict
+	if o.EndsRound {
+		e.state.EndRound(o.at(now), o.RoundOK, o.Params.Verdict, &m.scratch)
+	}
+	return Entry{State: e.state, Warning: warn, Before: before}
 }
 
 func sameParams(a, b stats.Params) bool {

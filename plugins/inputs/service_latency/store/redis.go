@@ -136,6 +136,7 @@ type Redis struct {
 	local      map[string]*stats.State
 	forceReset map[string]bool
 	thresholds map[string]string // bucket thresholds by bounds
+	scratch    []float64         // the local verdict's sort buffer
 	down       bool
 	warnedAt   [4]time.Time // by failure kind
 	droppedAt  time.Time
@@ -156,6 +157,20 @@ type pending struct {
 	t       int64 // unix ns
 	ok      bool
 	latency float64
+	// round: "" when the observation does not end a round, else "1" (the
+	// round's result is success) or "0".
+	round string
+}
+
+// roundArg is an observation's round argument of the script.
+func roundArg(o *Observation) string {
+	switch {
+	case !o.EndsRound:
+		return ""
+	case o.RoundOK:
+		return "1"
+	}
+	return "0"
 }
 
 // NewRedis returns a Redis store. It does no network I/O: the client
@@ -296,9 +311,10 @@ const maxReplayPerCall = 256
 
 // callResult is what became of one service's batch: its merged state, or why it was not written.
 type callResult struct {
-	state *stats.State // merged state (nil when err != nil)
-	warn  error        // the stored state was malformed and was rewritten
-	err   error        // not written: Redis unreachable, slow or failing
+	state  *stats.State  // merged state (nil when err != nil)
+	before stats.Verdict // the shared verdict before the batch's last round
+	warn   error         // the stored state was malformed and was rewritten
+	err    error         // not written: Redis unreachable, slow or failing
 }
 
 // batch is one service's script call: some of its queued observations,
@@ -358,7 +374,7 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 	r.seq += int64(len(obs))
 	entryOf := func(i int) pending {
 		o := &obs[i]
-		return pending{service: o.Service, params: o.Params, seq: seq0 + int64(i) + 1, t: o.at(now).UnixNano(), ok: o.OK, latency: o.Latency}
+		return pending{service: o.Service, params: o.Params, seq: seq0 + int64(i) + 1, t: o.at(now).UnixNano(), ok: o.OK, latency: o.Latency, round: roundArg(o)}
 	}
 
 	batches := r.planLocked(obs, entryOf)
@@ -372,7 +388,7 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 	for i := range obs {
 		o := &obs[i]
 		if b := byService[o.Service]; b != nil && b.observed && b.out != nil && b.out.err == nil {
-			res[i] = Entry{State: b.out.state, Warning: b.out.warn}
+			res[i] = Entry{State: b.out.state, Warning: b.out.warn, Before: b.out.before}
 			continue
 		}
 		// Degraded: the agent's own view (last merged state + own probes).
@@ -388,7 +404,11 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 			r.local[o.Service] = st
 		}
 		st.Observe(o.at(now), o.OK, o.Latency, o.Params)
-		res[i] = Entry{State: st}
+		before := st.Verdict
+		if o.EndsRound {
+			st.EndRound(o.at(now), o.RoundOK, o.Params.Verdict, &r.scratch)
+		}
+		res[i] = Entry{State: st, Before: before}
 	}
 
 	// Keep what was not written, in order: the queue, then this Update's
@@ -757,7 +777,17 @@ func (r *Redis) args(b *batch) []interface{} {
 		force = "1"
 	}
 	tau := p.HalfLife.Seconds() / math.Ln2
-	args := make([]interface{}, 0, 11+6*len(b.entries))
+	v := p.Verdict
+	stat := "p"
+	switch v.Statistic.Kind {
+	case stats.StatEWMA:
+		stat = "ewma"
+	case stats.StatAvg:
+		stat = "avg"
+	default:
+		stat = strconv.FormatFloat(v.Statistic.Percentile, 'g', -1, 64)
+	}
+	args := make([]interface{}, 0, 15+7*len(b.entries))
 	args = append(args,
 		r.opts.AgentID,
 		r.mapping,
@@ -769,6 +799,10 @@ func (r *Redis) args(b *batch) []interface{} {
 		th,
 		force,
 		strconv.FormatInt(r.now().Unix(), 10),
+		strconv.Itoa(v.FailureThreshold),
+		strconv.Itoa(v.SuccessThreshold),
+		strconv.FormatFloat(max(v.DegradedLatency, 0), 'g', -1, 64),
+		stat,
 		strconv.Itoa(len(b.entries)),
 	)
 	m := stats.SketchMapping()
@@ -789,7 +823,7 @@ func (r *Redis) args(b *batch) []interface{} {
 				bucket = strconv.Itoa(i + 1)
 			}
 		}
-		args = append(args, strconv.FormatInt(e.seq, 10), strconv.FormatInt(e.t, 10), okS, lat, bin, bucket)
+		args = append(args, strconv.FormatInt(e.seq, 10), strconv.FormatInt(e.t, 10), okS, lat, bin, bucket, e.round)
 	}
 	return args
 }
@@ -848,7 +882,7 @@ func (r *Redis) decodeCallResult(b *batch, v interface{}) *callResult {
 		st = stats.NewState(b.params)
 	}
 	keys := r.keys(b.service)
-	status, key, reason, err := decodeReply(v, st, b.params)
+	status, key, reason, before, err := decodeReply(v, st, b.params)
 	if err != nil {
 		// The reply does not make a valid state although the script
 		// accepted it: rewrite the service's keys at the next write and
@@ -859,7 +893,7 @@ func (r *Redis) decodeCallResult(b *batch, v interface{}) *callResult {
 		}
 		return &callResult{err: fmt.Errorf("state of service %q in Redis (%s) is malformed: %w", b.service, keys[0], err)}
 	}
-	out := &callResult{state: st}
+	out := &callResult{state: st, before: before}
 	if status == "reset" {
 		out.warn = fmt.Errorf("state of service %q in Redis is malformed (key %s: %s): its keys were rewritten, starting over from the current sample", b.service, key, reason)
 		if !b.observed { // nobody else would log it
@@ -870,18 +904,18 @@ func (r *Redis) decodeCallResult(b *batch, v interface{}) *callResult {
 }
 
 // decodeReply fills st (reusing its storage) from a script reply and
-// validates it for p.
-func decodeReply(v interface{}, st *stats.State, p stats.Params) (status, key, reason string, err error) {
+// validates it for p; before is the verdict before the batch's last round.
+func decodeReply(v interface{}, st *stats.State, p stats.Params) (status, key, reason string, before stats.Verdict, err error) {
 	arr, ok := v.([]interface{})
-	if !ok || len(arr) != 8 {
-		return "", "", "", fmt.Errorf("unexpected script reply %T", v)
+	if !ok || len(arr) != 10 {
+		return "", "", "", before, fmt.Errorf("unexpected script reply %T", v)
 	}
 	str := func(x interface{}) string { s, _ := x.(string); return s }
 	list := func(x interface{}) []interface{} { l, _ := x.([]interface{}); return l }
 	status, key, reason = str(arr[0]), str(arr[1]), str(arr[2])
 	sc := list(arr[4])
 	if len(sc) != 12 {
-		return status, key, reason, fmt.Errorf("reply holds %d scalars", len(sc))
+		return status, key, reason, before, fmt.Errorf("reply holds %d scalars", len(sc))
 	}
 	var perr error
 	i64 := func(x interface{}) int64 {
@@ -902,6 +936,22 @@ func decodeReply(v interface{}, st *stats.State, p stats.Params) (status, key, r
 	st.EWMA, st.EWMAAt = f64(sc[5]), i64(sc[6])
 	st.Probes, st.Failures, st.ConsecutiveFailures = i64(sc[7]), i64(sc[8]), i64(sc[9])
 	st.LastSuccess, st.LastFailure = i64(sc[10]), i64(sc[11])
+	verdict := func(x interface{}) stats.Verdict {
+		l := list(x)
+		if len(l) != 6 {
+			if perr == nil {
+				perr = fmt.Errorf("reply holds a verdict of %d fields", len(l))
+			}
+			return stats.Verdict{}
+		}
+		code := i64(l[0])
+		if code < 0 || code > int64(stats.MaxStatus) {
+			code = int64(stats.MaxStatus) + 1 // Validate refuses it
+		}
+		return stats.Verdict{Status: stats.Status(code), Since: i64(l[1]), Failed: i64(l[2]), OK: i64(l[3]), Slow: i64(l[4]), Good: i64(l[5])}
+	}
+	st.Verdict = verdict(arr[8])
+	before = verdict(arr[9])
 
 	win := list(arr[6])
 	if cap(st.Ring) < p.Window {
@@ -928,7 +978,7 @@ func decodeReply(v interface{}, st *stats.State, p stats.Params) (status, key, r
 	for j := 0; j+1 < len(bins); j += 2 {
 		f, c := str(bins[j]), f64(bins[j+1])
 		if !(c >= 0) || math.IsInf(c, 0) {
-			return status, key, reason, fmt.Errorf("sketch bin %s count %v", f, c)
+			return status, key, reason, before, fmt.Errorf("sketch bin %s count %v", f, c)
 		}
 		if f == "z" {
 			_ = st.Sketch.AddWithCount(0, c)
@@ -936,7 +986,7 @@ func decodeReply(v interface{}, st *stats.State, p stats.Params) (status, key, r
 		}
 		idx, err := strconv.Atoi(f)
 		if err != nil || idx < math.MinInt32 || idx > math.MaxInt32 {
-			return status, key, reason, fmt.Errorf("sketch bin %q", f)
+			return status, key, reason, before, fmt.Errorf("sketch bin %q", f)
 		}
 		pos.AddWithCount(idx, c)
 	}
@@ -956,9 +1006,9 @@ func decodeReply(v interface{}, st *stats.State, p stats.Params) (status, key, r
 		st.RebuildBuckets(p)
 	}
 	if perr != nil {
-		return status, key, reason, perr
+		return status, key, reason, before, perr
 	}
-	return status, key, reason, st.Validate(p)
+	return status, key, reason, before, st.Validate(p)
 }
 
 // Retain implements Store: it forgets the local state and the queued

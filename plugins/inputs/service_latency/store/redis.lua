@@ -3,7 +3,9 @@
 --
 -- KEYS (one hash tag per service, so they share a Redis Cluster slot):
 --   1 stats  hash  v, sk, count, mean, m2, min, max, ewma, ewma_at, probes,
---                  failures, consec, last_ok, last_fail, bounds, h1..hN
+--                  failures, consec, last_ok, last_fail, bounds, h1..hN,
+--                  and the verdict: vs (status code), vsince (ns), vf, vok,
+--                  vslow, vgood (runs of rounds); absent = unknown, no round
 --   2 window list  the last probes, newest first: a latency or "f" (failed)
 --   3 sketch hash  DDSketch bins: bin index -> count, "z" -> zero count
 --   4 agents hash  agent id -> "<last applied seq>:<unix seconds>"
@@ -16,9 +18,14 @@
 --     sketch when the stored bounds differ)
 --   9 force reset ("1": discard the stored state first)
 --   10 now, unix seconds (agent record pruning)
---   11 number of observations, then 6 per observation, oldest first:
+--   11 failure_threshold  12 success_threshold
+--   13 degraded_latency (s, "0" = no objective)
+--   14 degraded_statistic: "ewma", "avg" or a window percentile ("95")
+--   15 number of observations, then 7 per observation, oldest first:
 --      seq, time (unix ns, decimal), ok ("1"/"0"), latency (s), sketch bin
---      (index or "z"), bucket (1-based, "" = none)
+--      (index or "z"), bucket (1-based, "" = none), round ("" = not the
+--      last observation of a round; "1"/"0" = it ends a round whose result
+--      is success / not)
 -- Nothing is written before the stored state has been validated: a script
 -- error must not leave a half-applied batch. A malformed state is deleted
 -- and rebuilt from the batch ("reset"). An observation whose seq is not
@@ -26,7 +33,15 @@
 --
 -- Returns {status, key, reason, applied, scalars, buckets, window, bins}
 -- with every number as a string (Lua numbers are doubles; Redis would
--- truncate a returned number to an integer).
+-- truncate a returned number to an integer), then the verdict after the
+-- batch and before its last round: {vs, vsince, vf, vok, vslow, vgood} each.
+--
+-- The verdict advances once per applied observation that ends a round,
+-- after the round's samples, exactly as stats.Verdict.Step does: the class
+-- of the round (failed; slow when the statistic of the merged state, at
+-- that point, is above the objective; else good) is evaluated here, on the
+-- shared state, so every agent's rounds make one sequence of rounds and
+-- every agent sees the same status.
 
 local K_STATS, K_WIN, K_SK, K_AG = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local agent = ARGV[1]
@@ -38,7 +53,12 @@ local bounds = ARGV[6]
 local nb = tonumber(ARGV[7])
 local force = ARGV[9] == '1'
 local now_s = tonumber(ARGV[10])
-local nobs = tonumber(ARGV[11])
+local fail_th = math.max(tonumber(ARGV[11]) or 1, 1)
+local succ_th = math.max(tonumber(ARGV[12]) or 1, 1)
+local objective = tonumber(ARGV[13]) or 0
+local statistic = ARGV[14]
+local nobs = tonumber(ARGV[15])
+local OBS0, OBSN = 16, 7
 local LN2 = 0.69314718055994530942
 
 local function fmt(x) return string.format('%.17g', x) end
@@ -106,6 +126,7 @@ local function keytype(k) return redis.call('TYPE', k)['ok'] end
 local function fresh()
   local s = {count = 0, mean = 0, m2 = 0, min = 0, max = 0, ewma = 0, ewma_at = '0',
     probes = 0, failures = 0, consec = 0, last_ok = '0', last_fail = '0',
+    vs = 0, vsince = '0', vf = 0, vok = 0, vslow = 0, vgood = 0,
     buckets = nil, rebuild = false, bins = {}, binraw = {}, win = {}}
   if nb > 0 then
     s.buckets = {}
@@ -147,6 +168,19 @@ local function load()
   for _, f in ipairs({'ewma_at', 'last_ok', 'last_fail'}) do
     s[f] = nstime(h[f])
     if s[f] == nil then return nil, K_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
+  end
+  -- the verdict (absent in a state written before it: unknown)
+  if h.vs ~= nil then
+    for _, f in ipairs({'vs', 'vf', 'vok', 'vslow', 'vgood'}) do
+      s[f] = counter(h[f])
+      if s[f] == nil then return nil, K_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
+    end
+    s.vsince = nstime(h.vsince)
+    if s.vsince == nil then return nil, K_STATS, 'field vsince is ' .. tostring(h.vsince) end
+    if s.vs > 3 then return nil, K_STATS, 'verdict status ' .. fmt(s.vs) end
+    if (s.vf > 0 and s.vok > 0) or s.vslow + s.vgood > s.vok or (s.vslow > 0 and s.vgood > 0) then
+      return nil, K_STATS, 'verdict runs do not fit'
+    end
   end
   if s.count + s.failures ~= s.probes then return nil, K_STATS, 'count + failures ~= probes' end
   if s.consec > s.failures then return nil, K_STATS, 'consecutive failures exceed failures' end
@@ -230,11 +264,80 @@ if status == 'ok' then
   end
 end
 
+local pushes = {} -- this batch's probes, oldest first
+
+-- the statistic of the objective on the state as it is now (the stored
+-- window then this batch's probes so far), and whether it has data:
+-- stats.State.Statistic
+local function statistic_now()
+  if statistic == 'ewma' then return s.ewma, s.count > 0 end
+  if statistic == 'avg' then return s.mean, s.count > 0 end
+  local p = tonumber(statistic)
+  local xs = {}
+  local n = 0
+  for i = #pushes, 1, -1 do
+    if n >= window then break end
+    n = n + 1
+    if pushes[i] ~= 'f' then xs[#xs + 1] = tonumber(pushes[i]) end
+  end
+  for i = 1, #s.win do
+    if n >= window then break end
+    n = n + 1
+    if s.win[i] ~= 'f' then xs[#xs + 1] = tonumber(s.win[i]) end
+  end
+  if #xs == 0 then return 0, false end
+  table.sort(xs)
+  -- stats.PercentileR7
+  local h = (#xs - 1) * p / 100
+  local lo = math.floor(h)
+  if lo >= #xs - 1 then return xs[#xs], true end
+  return xs[lo + 1] + (h - lo) * (xs[lo + 2] - xs[lo + 1]), true
+end
+
+local function verdict_of()
+  return {fmt(s.vs), s.vsince, fmt(s.vf), fmt(s.vok), fmt(s.vslow), fmt(s.vgood)}
+end
+
+-- stats.Verdict.Step: one round of class c ('f', 's' slow, 'g' good) at t
+local UNKNOWN, UP, DEGRADED, DOWN = 0, 1, 2, 3
+local function step(c, t)
+  if s.vsince == '0' then s.vsince = t end
+  if c == 'f' then
+    s.vf = s.vf + 1
+    s.vok, s.vslow, s.vgood = 0, 0, 0
+  elseif c == 's' then
+    s.vf, s.vgood = 0, 0
+    s.vok = s.vok + 1
+    s.vslow = s.vslow + 1
+  else
+    s.vf, s.vslow = 0, 0
+    s.vok = s.vok + 1
+    s.vgood = s.vgood + 1
+  end
+  local nxt = s.vs
+  if s.vf >= fail_th then
+    nxt = DOWN
+  elseif s.vs == UNKNOWN or s.vs == DOWN then
+    if s.vok >= succ_th then
+      nxt = UP
+      if c == 's' then nxt = DEGRADED end
+    end
+  elseif s.vs == UP then
+    if s.vslow >= fail_th then nxt = DEGRADED end
+  elseif s.vs == DEGRADED then
+    if s.vgood >= succ_th then nxt = UP end
+  end
+  if nxt ~= s.vs then
+    s.vs = nxt
+    if ns_less(s.vsince, t) then s.vsince = t end
+  end
+end
+
 local applied, maxseq = 0, last
-local pushes = {}
 local binadd = {}
+local before = nil
 for i = 0, nobs - 1 do
-  local o = 12 + i * 6
+  local o = OBS0 + i * OBSN
   local seq = tonumber(ARGV[o])
   if seq > last then
     applied = applied + 1
@@ -283,6 +386,19 @@ for i = 0, nobs - 1 do
       end
       pushes[#pushes + 1] = xs
     end
+    local round = ARGV[o + 6]
+    if round ~= '' then
+      before = verdict_of()
+      local c = 'f'
+      if round == '1' then
+        c = 'g'
+        if objective > 0 then
+          local x, has = statistic_now()
+          if has and x > objective then c = 's' end
+        end
+      end
+      step(c, t)
+    end
   end
 end
 
@@ -312,7 +428,9 @@ if applied > 0 or status == 'reset' then
   local hs = {'v', '1', 'sk', mapping,
     'count', fmt(s.count), 'mean', fmt(s.mean), 'm2', fmt(s.m2), 'min', fmt(s.min), 'max', fmt(s.max),
     'ewma', fmt(s.ewma), 'ewma_at', s.ewma_at, 'probes', fmt(s.probes), 'failures', fmt(s.failures),
-    'consec', fmt(s.consec), 'last_ok', s.last_ok, 'last_fail', s.last_fail}
+    'consec', fmt(s.consec), 'last_ok', s.last_ok, 'last_fail', s.last_fail,
+    'vs', fmt(s.vs), 'vsince', s.vsince, 'vf', fmt(s.vf), 'vok', fmt(s.vok),
+    'vslow', fmt(s.vslow), 'vgood', fmt(s.vgood)}
   if nb > 0 and s.buckets then
     hs[#hs + 1] = 'bounds'
     hs[#hs + 1] = bounds
@@ -371,4 +489,4 @@ end
 return {status, badkey, reason, fmt(applied),
   {fmt(s.count), fmt(s.mean), fmt(s.m2), fmt(s.min), fmt(s.max), fmt(s.ewma), s.ewma_at,
    fmt(s.probes), fmt(s.failures), fmt(s.consec), s.last_ok, s.last_fail},
-  buckets, win, bins}
+  buckets, win, bins, verdict_of(), before or verdict_of()}

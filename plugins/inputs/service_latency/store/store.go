@@ -31,6 +31,13 @@ type Observation struct {
 	// with its own time; a service may appear several times in one
 	// Update.
 	At time.Time
+	// EndsRound marks the last observation of a round (one metric of the
+	// service): after it is applied the service's verdict advances by one
+	// round, whose result is success when RoundOK, with Params.Verdict.
+	// A round's other samples, and callers that keep no verdict, leave it
+	// false.
+	EndsRound bool
+	RoundOK   bool
 }
 
 // at is the time of an observation: its own, else the Update's.
@@ -53,6 +60,10 @@ type Entry struct {
 	// warning: it logs the outage itself (rate-limited) and reports it in
 	// Health.
 	Warning error
+	// Before is the service's verdict before this observation (the one
+	// stored or shared): it differs from State.Verdict when the
+	// observation ended a round that changed the status.
+	Before stats.Verdict
 }
 
 // Health is what a store says about itself, for service_latency_internal

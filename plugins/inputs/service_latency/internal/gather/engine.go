@@ -58,7 +58,7 @@ func New(st store.Store, log telegraf.Logger) *Engine {
 // SetTargets replaces the targets and settings (a reload): the store keeps
 // the state of every service whose name remains and drops the others; a
 // target whose name remains keeps its schedule's bookkeeping (when it was
-// last probed, its last round, whether it is down). It returns the
+// last probed, its last round, the status it last saw). It returns the
 // targets replaced, whose probers the caller closes. It waits for a
 // gather in progress to end.
 func (e *Engine) SetTargets(targets []*Target, s Settings) (old []*Target) {
@@ -71,7 +71,8 @@ func (e *Engine) SetTargets(targets []*Target, s Settings) (old []*Target) {
 	for _, t := range targets {
 		t.hash = offsetHash(s.Seed, t.Name)
 		if p := prev[t.Name]; p != nil {
-			t.lastStart, t.last, t.down, t.failedRun = p.lastStart, p.last, p.down, p.failedRun
+			t.lastStart, t.last = p.lastStart, p.last
+			t.status, t.since, t.seen = p.status, p.since, p.seen
 			t.history, t.next = p.history, p.next
 		}
 	}
@@ -209,13 +210,16 @@ func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit fun
 	e.obs = e.obs[:0]
 	for i := range batch {
 		rd := &batch[i]
-		for _, s := range rd.samples {
+		for j, s := range rd.samples {
 			e.obs = append(e.obs, store.Observation{
 				Service: rd.target.Name,
 				Params:  rd.target.Params,
 				OK:      s.ok,
 				Latency: s.latency.Seconds(),
 				At:      s.at,
+				// the verdict advances once per round, after its samples
+				EndsRound: j == len(rd.samples)-1,
+				RoundOK:   rd.result.Outcome == probe.Success,
 			})
 		}
 	}
@@ -236,9 +240,10 @@ func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit fun
 			}
 		}
 		t := rd.target
-		e.logTransition(t, &rd.result)
+		roundAt := rd.samples[len(rd.samples)-1].at // the verdict's time of the round
+		e.logVerdict(t, &rd.result, &entry, roundAt)
 		s := &Service{}
-		e.service(s, t, &rd.result, entry.State)
+		e.service(s, t, &rd.result, entry.State, roundAt)
 		s.At = rd.start
 		h := HistoryEntry{At: rd.start, Result: rd.result.Outcome.String(), Error: s.Error}
 		if rd.result.Outcome == probe.Success {
@@ -254,10 +259,11 @@ func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit fun
 }
 
 // service fills one service's part of the report.
-func (e *Engine) service(s *Service, t *Target, r *probe.Result, st *stats.State) {
+func (e *Engine) service(s *Service, t *Target, r *probe.Result, st *stats.State, roundAt time.Time) {
 	st.Snapshot(t.Percentiles, &e.snap)
 	s.Name = t.Name
 	s.Tags, s.Fields = fieldsOf(t, r, &e.snap, e.settings.Shape)
+	verdictFields(s.Fields, &st.Verdict, roundAt, e.settings.Shape)
 	s.Histogram, s.HistogramTags = histogram(t, &e.snap)
 	s.LastSuccess = unixTime(st.LastSuccess)
 	s.LastFailure = unixTime(st.LastFailure)
@@ -293,24 +299,51 @@ func (e *Engine) internal(services int, took time.Duration, timeouts int64) Inte
 	}
 }
 
-// logTransition logs a service going down (one warning on its first
-// failure) and coming back (one info line), not every failed probe.
-func (e *Engine) logTransition(t *Target, r *probe.Result) {
-	if r.Outcome != probe.Success {
-		t.failedRun++
-		if !t.down {
-			t.down = true
-			e.log.Warnf("service %q (%s) failing: %s: %s", t.Name, t.Server, r.Outcome, errText(r.Err))
-		} else {
-			e.log.Debugf("service %q: %s: %s", t.Name, r.Outcome, errText(r.Err))
-		}
+// logVerdict logs a change of the service's status as this agent sees
+// it, one line per change: a warning going down or degraded, an info line
+// coming back up (the first verdict up of a new service only at debug).
+// The status this agent last saw is the baseline; before it has seen one
+// (a new process), the status the store held before the round, so that a
+// status restored from a state file or shared through Redis is not
+// logged as a change. With Redis another agent's round may have changed
+// the status: this agent logs it when it first sees it.
+func (e *Engine) logVerdict(t *Target, r *probe.Result, en *store.Entry, at time.Time) {
+	v := &en.State.Verdict
+	prev, prevSince := t.status, t.since
+	if !t.seen {
+		prev, prevSince = en.Before.Status, en.Before.Since
+	}
+	t.status, t.since, t.seen = v.Status, v.Since, true
+	if v.Status == prev {
 		return
 	}
-	if t.down {
-		t.down = false
-		e.log.Infof("service %q recovered after %d failed probes", t.Name, t.failedRun)
+	was := prev.String()
+	if prevSince > 0 && v.Since > prevSince {
+		was += " for " + time.Duration(v.Since-prevSince).Round(time.Millisecond).String()
 	}
-	t.failedRun = 0
+	vp := t.Params.Verdict
+	switch v.Status {
+	case stats.StatusDown:
+		e.log.Warnf("service %q (%s) failing: %s: %s; status down after %d failed rounds in a row (was %s)",
+			t.Name, t.Server, r.Outcome, errText(r.Err), v.Failed, was)
+	case stats.StatusDegraded:
+		x, _ := en.State.Statistic(vp.Statistic, &t.scratch)
+		e.log.Warnf("service %q (%s) degraded: %s %s above degraded_latency %s (was %s)",
+			t.Name, t.Server, vp.Statistic, seconds(x), seconds(vp.DegradedLatency), was)
+	case stats.StatusUp:
+		if prev == stats.StatusUnknown {
+			e.log.Debugf("service %q (%s) up after %d good rounds", t.Name, t.Server, v.OK)
+			return
+		}
+		e.log.Infof("service %q (%s) up again after %d good rounds in a row (was %s)", t.Name, t.Server, v.OK, was)
+	default: // unknown: only a state that started over
+		e.log.Debugf("service %q (%s) status unknown (was %s)", t.Name, t.Server, was)
+	}
+}
+
+// seconds renders a latency in seconds as a duration (to the microsecond).
+func seconds(x float64) string {
+	return time.Duration(x * 1e9).Round(time.Microsecond).String()
 }
 
 func errText(err error) string {

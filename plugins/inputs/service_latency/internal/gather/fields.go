@@ -1,6 +1,8 @@
 package gather
 
 import (
+	"time"
+
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
 )
@@ -28,6 +30,17 @@ func fieldsOf(t *Target, r *probe.Result, snap *stats.Snapshot, shape Shape) (ma
 	}
 	stateFields(fields, snap, &t.fieldNames)
 	return tags, fields
+}
+
+// verdictFields adds the service's status: status (string: dropped with
+// string_fields = false), status_code (fixed numbers, see stats.Status)
+// and status_since (seconds in the status at the round's time at).
+func verdictFields(fields map[string]any, v *stats.Verdict, at time.Time, shape Shape) {
+	if !shape.NoStringFields {
+		fields["status"] = v.Status.String()
+	}
+	fields["status_code"] = int64(v.Status)
+	fields["status_since"] = v.SinceAt(at.UnixNano())
 }
 
 // Shape is how metrics are shaped for the output they go to.
@@ -71,8 +84,9 @@ func baseTags(t *Target, extra int) map[string]string {
 // maxStateFields is the most fields metric and stateFields add besides the
 // probe's fields and the percentiles: latency, result_code, latency_count,
 // probes, failures, consecutive_failures, latency_avg, latency_min,
-// latency_max, latency_ewma, latency_stddev, availability, jitter.
-const maxStateFields = 13
+// latency_max, latency_ewma, latency_stddev, availability, jitter, and
+// the verdict's status, status_code, status_since.
+const maxStateFields = 16
 
 // stateFields adds the fields of a service's state. A statistic with no
 // data yet (no successful sample, an empty window) is absent.

@@ -2,8 +2,8 @@
 // (at most max_concurrency at once, a panicking probe turned into a failed
 // result), hands the observations to the store, turns each service's new
 // state into fields and yields one Report per gather. It keeps the
-// engine's own counters (probes in flight, store errors) and logs a
-// service going down and coming back.
+// engine's own counters (probes in flight, store errors) and logs each
+// change of a service's status (its verdict, kept in the state).
 //
 //	targets → probe results → observations → store → state → snapshot → fields → Report
 package gather
@@ -36,10 +36,15 @@ type Target struct {
 	fieldNames percentileNames
 	le         []string // the histogram's `le` tag values, one per bucket and "+Inf"
 
-	// This agent's own view of the service, for logging transitions (the
-	// state may be shared with other agents). Written by the engine only.
-	down      bool
-	failedRun int64
+	// This agent's own view of the service's verdict, for logging its
+	// changes (the state may be shared with other agents): the status it
+	// last saw, since when; seen is false until it has seen one. Written
+	// by the engine only.
+	status stats.Status
+	since  int64
+	seen   bool
+	// scratch is the sort buffer of the degraded statistic in log lines.
+	scratch []float64
 	// hash places the target within the spread; lastStart and last are its
 	// last round's start and entry.
 	hash      uint64
