@@ -577,7 +577,7 @@ func TestTelegrafPrometheusPipeline(t *testing.T) {
 		var names []string
 		require.NoError(t, e.api("/api/v1/label/__name__/values", url.Values{"match[]": {`{job="service_latency"}`}}, &names))
 		for _, n := range names {
-			require.Regexp(t, `^(service_latency_|up$|scrape_)`, n)
+			require.Regexp(t, `^(service_latency_|up$|scrape_|ALERTS$|ALERTS_FOR_STATE$)`, n) // ALERTS carry the job label too
 		}
 		require.Contains(t, names, "service_latency_status_code")
 		require.Contains(t, names, "service_latency_latency_avg")
