@@ -8,8 +8,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
-	"net/url"
 	"reflect"
 	"sort"
 	"strings"
@@ -52,7 +50,6 @@ func Run(ctx context.Context, c *config.Config, spec *config.Spec, name string, 
 	fmt.Fprintf(w, "service %q\n", t.Name)
 	writeOptions(w, c, t)
 	fmt.Fprintln(w, "\ntrace:")
-	resolve(ctx, tr, t.Server)
 
 	e := gather.New(store.NewMemory(), store.NopLogger{})
 	// The target is the spec's own; the engine borrows it for one round.
@@ -90,32 +87,6 @@ func (t *trace) step(step, detail string) {
 	fmt.Fprintf(t.w, "  +%.6fs %-14s %s\n", off, step, redact.Text(detail))
 }
 
-// resolve shows what the service's host name resolves to (an address
-// literal is shown as it is).
-func resolve(ctx context.Context, tr *trace, server string) {
-	u, err := url.Parse(server)
-	if err != nil || u.Hostname() == "" {
-		return
-	}
-	host := u.Hostname()
-	if ip := net.ParseIP(host); ip != nil {
-		tr.step("address", host+" (literal)")
-		return
-	}
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	addrs, err := net.DefaultResolver.LookupIPAddr(rctx, host)
-	if err != nil {
-		tr.step("resolve", fmt.Sprintf("%s: %v", host, err))
-		return
-	}
-	ips := make([]string, len(addrs))
-	for i, a := range addrs {
-		ips[i] = a.String()
-	}
-	tr.step("resolve", fmt.Sprintf("%s → %s", host, strings.Join(ips, ", ")))
-}
-
 // writeOptions lists the options in effect for the service (secrets
 // redacted): the service table over the plugin-wide defaults.
 func writeOptions(w io.Writer, c *config.Config, t *gather.Target) {
@@ -142,6 +113,10 @@ func writeOptions(w io.Writer, c *config.Config, t *gather.Target) {
 		opts := s.Options.WithDefaults(c.Options.ApplicableTo(s.URL))
 		var lines []string
 		walk(reflect.ValueOf(opts), func(key string, v reflect.Value) {
+			if h, ok := v.Interface().(map[string]string); ok && key == "headers" {
+				lines = append(lines, fmt.Sprintf("  %s = %s", key, showHeaders(h)))
+				return
+			}
 			lines = append(lines, fmt.Sprintf("  %s = %s", key, show(v)))
 		})
 		sort.Strings(lines)
@@ -184,6 +159,21 @@ func walk(v reflect.Value, fn func(string, reflect.Value)) {
 			fn(key, f)
 		}
 	}
+}
+
+// showHeaders renders the headers option with credential values
+// redacted (probe.HeaderValue: Authorization, X-Api-Key, "Bearer ...").
+func showHeaders(h map[string]string) string {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%q = %q", k, probe.HeaderValue(k, h[k]))
+	}
+	return "{ " + strings.Join(parts, ", ") + " }"
 }
 
 func show(v reflect.Value) string {

@@ -165,8 +165,9 @@ func (p *dnsProber) Probe(parent context.Context) Result {
 	m.SetQuestion(p.name, p.qtype)
 	m.SetEdns0(ednsBufSize, false)
 
+	traced := Traced(parent)
 	fields := make([]Field, 0, 5)
-	r, rtt, fields, res := p.exchange(ctx, m, p.tcp, fields)
+	r, rtt, fields, res := p.exchange(ctx, m, p.tcp, fields, traced)
 	if res != nil {
 		return *res
 	}
@@ -178,7 +179,10 @@ func (p *dnsProber) Probe(parent context.Context) Result {
 		transport = "tcp"
 		var rtt2 time.Duration
 		before := rtt
-		r, rtt2, fields, res = p.exchange(ctx, m, true, fields[:0])
+		if traced {
+			tracef(ctx, "truncated", "the UDP reply has TC=1: asking again over TCP")
+		}
+		r, rtt2, fields, res = p.exchange(ctx, m, true, fields[:0], traced)
 		if res != nil {
 			res.Latency += before
 			return *res
@@ -196,6 +200,9 @@ func (p *dnsProber) Probe(parent context.Context) Result {
 		}
 	}
 	fields = append(fields, Field{"dns_rcode", rcode}, Field{"dns_answers", int64(answers)}, Field{"dns_transport", transport})
+	if traced {
+		tracef(ctx, "assert", "rcode %s, %d answer(s) of type %s → %s", rcode, answers, dns.TypeToString[p.qtype], verdict(r.Rcode == dns.RcodeSuccess && answers > 0))
+	}
 	out := Result{Outcome: Success, Latency: rtt, Fields: fields}
 	switch r.Rcode {
 	case dns.RcodeSuccess:
@@ -215,13 +222,14 @@ func (p *dnsProber) Probe(parent context.Context) Result {
 // exchange sends m over a fresh connection (TCP when tcp) and returns the
 // reply and its round trip, with tcp_connect and remote_address appended
 // to fields; or, when no reply came, the failed Result.
-func (p *dnsProber) exchange(ctx context.Context, m *dns.Msg, tcp bool, fields []Field) (*dns.Msg, time.Duration, []Field, *Result) {
+// traced: report the query and the whole reply to ctx's tracer.
+func (p *dnsProber) exchange(ctx context.Context, m *dns.Msg, tcp bool, fields []Field, traced bool) (*dns.Msg, time.Duration, []Field, *Result) {
 	network, d := "udp", p.udpDialer
 	if tcp {
 		network, d = "tcp", p.tcpDialer
 	}
 	start := time.Now()
-	c, err := p.net.dial(ctx, d, network, p.host, p.port)
+	c, err := p.net.dial(ctx, d, network, p.host, p.port, traced)
 	connected := time.Now()
 	if err != nil {
 		return nil, 0, fields, &Result{Outcome: classify(ctx, err, false), Latency: connected.Sub(start), Err: err, Fields: fields}
@@ -235,11 +243,67 @@ func (p *dnsProber) exchange(ctx context.Context, m *dns.Msg, tcp bool, fields [
 		fields = append(fields, Field{"tcp_connect", connected.Sub(start).Seconds()})
 	}
 	fields = remoteField(fields, c)
+	if traced {
+		tracef(ctx, "query", "%s (id %d, %s to %s, RD, EDNS0 buffer %d)", questionString(m), m.Id, network, c.RemoteAddr(), ednsBufSize)
+	}
 	r, rtt, err := p.client.ExchangeWithConnContext(ctx, m, co)
+	if traced {
+		if err != nil {
+			tracef(ctx, "reply", "none: %v", err)
+		} else {
+			traceReply(ctx, r, rtt)
+		}
+	}
 	if err != nil {
 		return nil, 0, fields, &Result{Outcome: classify(ctx, err, false), Latency: time.Since(connected), Err: err, Fields: fields}
 	}
 	return r, rtt, fields, nil
+}
+
+func questionString(m *dns.Msg) string {
+	if len(m.Question) == 0 {
+		return "(no question)"
+	}
+	q := m.Question[0]
+	return fmt.Sprintf("%s %s %s", q.Name, dns.ClassToString[q.Qclass], dns.TypeToString[q.Qtype])
+}
+
+// traceReply reports a DNS reply: its header, then every record of the
+// answer, authority and additional sections (EDNS0 as its buffer size).
+func traceReply(ctx context.Context, r *dns.Msg, rtt time.Duration) {
+	var flags []string
+	for _, f := range []struct {
+		on   bool
+		name string
+	}{{r.Response, "qr"}, {r.Authoritative, "aa"}, {r.Truncated, "tc"}, {r.RecursionDesired, "rd"}, {r.RecursionAvailable, "ra"}, {r.AuthenticatedData, "ad"}, {r.CheckingDisabled, "cd"}} {
+		if f.on {
+			flags = append(flags, f.name)
+		}
+	}
+	rcode := dns.RcodeToString[r.Rcode]
+	if rcode == "" {
+		rcode = fmt.Sprintf("RCODE%d", r.Rcode)
+	}
+	tracef(ctx, "reply", "%s in %s (id %d, flags %s; answer %d, authority %d, additional %d)",
+		rcode, rtt.Round(time.Microsecond), r.Id, strings.Join(flags, " "), len(r.Answer), len(r.Ns), len(r.Extra))
+	for _, rr := range r.Answer {
+		tracef(ctx, "answer", "%s", rrString(rr))
+	}
+	for _, rr := range r.Ns {
+		tracef(ctx, "authority", "%s", rrString(rr))
+	}
+	for _, rr := range r.Extra {
+		if opt, ok := rr.(*dns.OPT); ok {
+			tracef(ctx, "additional", "OPT (EDNS%d, udp buffer %d, rcode ext %d, do %t)", opt.Version(), opt.UDPSize(), opt.ExtendedRcode(), opt.Do())
+			continue
+		}
+		tracef(ctx, "additional", "%s", rrString(rr))
+	}
+}
+
+// rrString is an RR in presentation format, its tabs as spaces.
+func rrString(rr dns.RR) string {
+	return strings.ReplaceAll(rr.String(), "\t", " ")
 }
 
 var (

@@ -136,6 +136,28 @@ type grpcRecorder struct {
 	dialErr   error
 	tlsErr    error
 	handshake bool
+	// tracer is the tracer of the probe in progress, if it is traced
+	// (the dials and handshakes run on gRPC's goroutines, under contexts
+	// of gRPC's own). Under ph.mu.
+	tracer Tracer
+}
+
+// traceCtx returns ctx with the tracer of the probe in progress and
+// whether there is one.
+func (r *grpcRecorder) traceCtx(ctx context.Context) (context.Context, bool) {
+	r.ph.mu.Lock()
+	t := r.tracer
+	r.ph.mu.Unlock()
+	if t == nil {
+		return ctx, false
+	}
+	return WithTracer(ctx, t), true
+}
+
+func (r *grpcRecorder) setTracer(t Tracer) {
+	r.ph.mu.Lock()
+	r.tracer = t
+	r.ph.mu.Unlock()
 }
 
 // take returns the phases and errors recorded so far and resets them.
@@ -159,9 +181,20 @@ type timedCreds struct {
 }
 
 func (c *timedCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	tctx, traced := c.rec.traceCtx(ctx)
+	if traced {
+		tracef(tctx, "tls", "handshake start (authority %q)", authority)
+	}
 	start := time.Now()
 	conn, ai, err := c.TransportCredentials.ClientHandshake(ctx, authority, raw)
 	d := time.Since(start)
+	if traced {
+		if ti, ok := ai.(credentials.TLSInfo); ok && err == nil {
+			traceTLS(tctx, "", &ti.State, nil)
+		} else {
+			traceTLS(tctx, "", nil, err)
+		}
+	}
 	c.rec.ph.mu.Lock()
 	c.rec.ph.handshake += d
 	c.rec.handshake = true
@@ -184,7 +217,8 @@ func (p *grpcProber) connect(rec *grpcRecorder) (*grpc.ClientConn, error) {
 		creds = &timedCreds{TransportCredentials: credentials.NewTLS(p.tlsCfg), rec: rec}
 	}
 	dial := func(ctx context.Context, _ string) (net.Conn, error) {
-		c, err := p.net.dialPhases(ctx, p.dialer, p.host, p.port, &rec.ph)
+		ctx, traced := rec.traceCtx(ctx)
+		c, err := p.net.dialPhases(ctx, p.dialer, p.host, p.port, &rec.ph, traced)
 		if err != nil {
 			rec.ph.mu.Lock()
 			rec.dialErr = err
@@ -233,6 +267,16 @@ func (p *grpcProber) Probe(parent context.Context) Result {
 	if err != nil {
 		return Result{Outcome: ConnectionFailed, Err: err}
 	}
+	traced := Traced(parent)
+	if traced {
+		rec.setTracer(tracerOf(parent))
+		defer rec.setTracer(nil)
+		how := "a fresh connection"
+		if p.keep {
+			how = "the kept connection (keep_alive), " + cc.GetState().String()
+		}
+		tracef(ctx, "call", "grpc.health.v1.Health/Check service %q on %s to %s", p.service, how, p.target)
+	}
 
 	// The call runs on a goroutine of its own so that Probe returns at
 	// its deadline even when gRPC takes a moment to unwind; a fresh
@@ -272,6 +316,15 @@ func (p *grpcProber) Probe(parent context.Context) Result {
 		fields = tlsFields(fields, &ti.State, end)
 	}
 	res := Result{Latency: end.Sub(start)}
+	if traced {
+		if err != nil {
+			st := status.Convert(err)
+			tracef(ctx, "reply", "gRPC status %s: %s", codeName(st.Code()), st.Message())
+		} else {
+			tracef(ctx, "reply", "gRPC status OK, health status %s", resp.GetStatus())
+		}
+		tracef(ctx, "assert", "health status SERVING → %s", verdict(err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING))
+	}
 	if err != nil {
 		st := status.Convert(err)
 		fields = append(fields, Field{"grpc_status", codeName(st.Code())})

@@ -94,9 +94,11 @@ type httpProber struct {
 	getBody  func() (io.ReadCloser, error)
 	timeout  time.Duration
 	expected statusSet
-	contains []byte
-	re       *regexp.Regexp
-	maxBody  int64
+	// expectedText is expected_status as the trace shows it.
+	expectedText string
+	contains     []byte
+	re           *regexp.Regexp
+	maxBody      int64
 
 	auth                       authKind
 	username, password, bearer config.Secret
@@ -142,6 +144,10 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 
 	if err := p.expected.parse(o.ExpectedStatus); err != nil {
 		return nil, err
+	}
+	p.expectedText = strings.Join(o.ExpectedStatus, ",")
+	if len(o.ExpectedStatus) == 0 {
+		p.expectedText = "2xx,3xx (default)"
 	}
 	if o.BodyContains != "" {
 		p.contains = []byte(o.BodyContains)
@@ -233,8 +239,9 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 			if err != nil {
 				return nil, err
 			}
-			c, err := nc.dial(ctx, dialer, network, host, port)
-			if ph, ok := ctx.Value(phasesKey{}).(*phases); ok && err == nil {
+			ph, ok := ctx.Value(phasesKey{}).(*phases)
+			c, err := nc.dial(ctx, dialer, network, host, port, ok && ph.traced)
+			if ok && err == nil {
 				// Also when TLS then fails (GotConn is not called then).
 				ip := remoteIP(c.RemoteAddr())
 				ph.mu.Lock()
@@ -252,12 +259,23 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 	}
 	p.client = &http.Client{
 		Transport: p.transport,
-		CheckRedirect: func(_ *http.Request, via []*http.Request) error {
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if !follow {
 				return http.ErrUseLastResponse
 			}
+			traced := false
+			if ph, ok := req.Context().Value(phasesKey{}).(*phases); ok && ph.traced {
+				traced = true
+				traceResponse(req.Context(), req.Response)
+			}
 			if len(via) > MaxRedirects {
+				if traced {
+					tracef(req.Context(), "redirect", "to %s: not followed, %v", redactURL(req.URL.String()), errTooManyRedirects)
+				}
 				return errTooManyRedirects
+			}
+			if traced {
+				tracef(req.Context(), "redirect", "%d of at most %d: %s %s", len(via), MaxRedirects, req.Method, redactURL(req.URL.String()))
 			}
 			return nil
 		},
@@ -290,8 +308,14 @@ func (p *httpProber) Probe(parent context.Context) Result {
 	ctx, cancel := context.WithTimeout(parent, p.timeout)
 	defer cancel()
 
-	ph := new(phases)
-	req := p.base.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, phasesKey{}, ph), ph.trace()))
+	traced := Traced(parent)
+	ph := &phases{traced: traced}
+	ht := ph.trace()
+	if traced {
+		tracef(ctx, "request", "%s %s HTTP/1.1 (net/http Transport)", p.base.Method, redactURL(p.base.URL.String()))
+		traceTransport(ctx, ht)
+	}
+	req := p.base.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, phasesKey{}, ph), ht))
 	if p.body != "" {
 		req.Body, _ = p.getBody()
 		req.GetBody = p.getBody
@@ -308,6 +332,12 @@ func (p *httpProber) Probe(parent context.Context) Result {
 	resp, err := p.client.Do(req)
 	if err != nil {
 		now := time.Now()
+		if traced {
+			if resp != nil {
+				tracef(ctx, "assert", "redirects: more than %d → FAIL", MaxRedirects)
+			}
+			tracef(ctx, "error", "%v", err)
+		}
 		ph.mu.Lock()
 		defer ph.mu.Unlock()
 		if resp != nil && errors.Is(err, errTooManyRedirects) {
@@ -326,6 +356,10 @@ func (p *httpProber) Probe(parent context.Context) Result {
 		}
 	}
 	defer resp.Body.Close()
+	if traced {
+		traceResponse(ctx, resp)
+		p.traceStatus(ctx, resp.StatusCode)
+	}
 
 	if !p.expected.has(resp.StatusCode) {
 		ph.mu.Lock()
@@ -333,7 +367,7 @@ func (p *httpProber) Probe(parent context.Context) Result {
 		return statusMismatch(resp, start, ph)
 	}
 	deadline, _ := ctx.Deadline()
-	outcome, end, err := p.readBodyBy(ctx, deadline, resp.Body, resp.ContentLength)
+	outcome, end, err := p.readBodyBy(ctx, deadline, resp.Body, resp.ContentLength, traced)
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
 	return Result{
@@ -358,14 +392,75 @@ func statusMismatch(resp *http.Response, start time.Time, ph *phases) Result {
 
 // readBodyBy reads and matches the body (readBody) and returns when it
 // ended; a read cut short by the deadline is a Timeout, not a
-// BodyReadError.
-func (p *httpProber) readBodyBy(ctx context.Context, deadline time.Time, body io.Reader, declared int64) (Outcome, time.Time, error) {
+// BodyReadError. traced: report the body and the verdicts to ctx's tracer.
+func (p *httpProber) readBodyBy(ctx context.Context, deadline time.Time, body io.Reader, declared int64, traced bool) (Outcome, time.Time, error) {
+	var cr *captureReader
+	if traced {
+		cr = &captureReader{r: body}
+		body = cr
+	}
 	outcome, err := p.readBody(body, declared)
 	end := time.Now()
 	if outcome == BodyReadError && (ctx.Err() != nil || !end.Before(deadline) || classify(ctx, err, false) == Timeout) {
 		outcome = Timeout
 	}
+	if traced {
+		p.traceBody(ctx, cr, declared, outcome, err)
+	}
 	return outcome, end, err
+}
+
+// traceBody reports the body read (its size and first bytes) and the
+// verdict of each body assertion.
+func (p *httpProber) traceBody(ctx context.Context, cr *captureReader, declared int64, outcome Outcome, err error) {
+	if declared > p.maxBody {
+		tracef(ctx, "assert", "max_body_size %d: Content-Length %d → FAIL (body not read)", p.maxBody, declared)
+		return
+	}
+	state := "read to its end"
+	switch {
+	case cr.n > p.maxBody:
+		state = "cut at max_body_size"
+	case err != nil && outcome != ResponseStringMismatch:
+		state = fmt.Sprintf("read failed: %v", err)
+	}
+	tracef(ctx, "body", "%d bytes (%s): %s", cr.n, state, preview(cr.head))
+	tracef(ctx, "assert", "max_body_size %d: %d bytes → %s", p.maxBody, cr.n, verdict(cr.n <= p.maxBody))
+	if p.contains == nil && p.re == nil {
+		return
+	}
+	if outcome != Success && outcome != ResponseStringMismatch {
+		if p.contains != nil {
+			tracef(ctx, "assert", "body_contains %q: not checked", p.contains)
+		}
+		if p.re != nil {
+			tracef(ctx, "assert", "body_regex %q: not checked", p.re.String())
+		}
+		return
+	}
+	// The verdicts readBody reached: body_contains first, body_regex only
+	// when it passed.
+	if p.contains != nil {
+		tracef(ctx, "assert", "body_contains %q → %s", p.contains, verdict(!errors.Is(err, errBodyContains)))
+	}
+	if p.re != nil {
+		if errors.Is(err, errBodyContains) {
+			tracef(ctx, "assert", "body_regex %q: not checked (body_contains failed)", p.re.String())
+		} else {
+			tracef(ctx, "assert", "body_regex %q → %s", p.re.String(), verdict(!errors.Is(err, errBodyRegex)))
+		}
+	}
+}
+
+// traceStatus reports the expected_status verdict.
+func (p *httpProber) traceStatus(ctx context.Context, code int) {
+	tracef(ctx, "assert", "expected_status %s: got %d → %s", p.expectedText, code, verdict(p.expected.has(code)))
+}
+
+// traceResponse reports a response's status line and headers.
+func traceResponse(ctx context.Context, resp *http.Response) {
+	tracef(ctx, "response", "%s %s", resp.Proto, resp.Status)
+	traceHeaders(ctx, "recv", resp.Header)
 }
 
 var (

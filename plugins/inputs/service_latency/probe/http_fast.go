@@ -53,6 +53,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
 )
 
 // fastHTTP is the pre-rendered request and the dial target of the fast path.
@@ -222,6 +224,10 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	ctx, cancel := context.WithTimeout(parent, p.timeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
+	traced := Traced(parent)
+	if traced {
+		tracef(ctx, "request", "%s %s HTTP/1.1", p.base.Method, redactURL(f.errURL))
+	}
 
 	b := fastPool.Get().(*fastBuffers)
 	defer b.release()
@@ -246,6 +252,9 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	)
 	fail := func(err error, tlsFailed bool) Result {
 		now := time.Now()
+		if traced {
+			tracef(ctx, "error", "%v", err)
+		}
 		outcome := classify(ctx, err, tlsFailed)
 		if !now.Before(deadline) {
 			// The connection's deadline fired a moment before the
@@ -261,7 +270,7 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	}
 
 	start = time.Now()
-	raw, err := f.dial(ctx, &ph)
+	raw, err := f.dial(ctx, &ph, traced)
 	if err != nil {
 		return fail(err, false)
 	}
@@ -287,27 +296,45 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	if f.https {
 		hsStart := time.Now()
 		tc := tls.Client(raw, f.tlsCfg)
+		if traced {
+			tracef(ctx, "tls", "handshake start (server name %q)", f.tlsCfg.ServerName)
+		}
 		err := tc.Handshake() // bounded by the deadline and the AfterFunc
 		// Reported also when it failed or ran out of time (as the TCP
 		// prober does; the Transport reports it unless its caller has
 		// already returned).
 		ph.handshake, ph.did = time.Since(hsStart), ph.did|didTLS
 		if err != nil {
+			if traced {
+				traceTLS(ctx, f.tlsCfg.ServerName, nil, err)
+			}
 			return fail(err, true)
 		}
 		st := tc.ConnectionState()
+		if traced {
+			traceTLS(ctx, f.tlsCfg.ServerName, &st, nil)
+		}
 		tlsState, conn = &st, tc
 	}
 
+	if traced {
+		f.traceRequest(ctx, p.auth != authNone)
+	}
 	if _, err := conn.Write(b.wbuf); err != nil {
 		return fail(err, false)
 	}
 	ph.wrote = time.Now()
+	if traced {
+		tracef(ctx, "sent", "request written (%d bytes)", len(b.wbuf))
+	}
 
 	b.lr.r, b.lr.n = conn, f.maxHead
 	if _, err := b.br.Peek(1); err == nil {
 		ph.first = time.Now()
 		ph.ttfb, ph.did = ph.first.Sub(ph.wrote), ph.did|didTTFB
+		if traced {
+			tracef(ctx, "first byte", "of the response")
+		}
 	}
 	resp, err := f.readResponse(b.br, p.base)
 	if err != nil {
@@ -321,6 +348,10 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	}
 	b.lr.n = math.MaxInt64 // no limit for the body
 	resp.TLS = tlsState
+	if traced {
+		traceResponse(ctx, resp)
+		p.traceStatus(ctx, resp.StatusCode)
+	}
 
 	if !p.expected.has(resp.StatusCode) {
 		return statusMismatch(resp, start, &ph)
@@ -340,7 +371,7 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	if body != io.Reader(resp.Body) {
 		declared = -1 // decompressed or switched: the header does not bound what is read
 	}
-	outcome, end, err := p.readBodyBy(ctx, deadline, body, declared)
+	outcome, end, err := p.readBodyBy(ctx, deadline, body, declared, traced)
 	return Result{
 		Outcome: outcome,
 		Latency: end.Sub(start),
@@ -367,8 +398,26 @@ func (f *fastHTTP) readResponse(br *bufio.Reader, req *http.Request) (*http.Resp
 // dial resolves a host name and connects, filling the dns_lookup and
 // tcp_connect phases as the Transport's trace hooks do, and the remote
 // address (netConfig.dialPhases).
-func (f *fastHTTP) dial(ctx context.Context, ph *phases) (net.Conn, error) {
-	return f.net.dialPhases(ctx, f.dialer, f.host, f.port, ph)
+func (f *fastHTTP) dial(ctx context.Context, ph *phases, traced bool) (net.Conn, error) {
+	return f.net.dialPhases(ctx, f.dialer, f.host, f.port, ph, traced)
+}
+
+// traceRequest reports the request as it is sent: the request line and
+// each header of the rendered head (credential values redacted), the
+// Authorization added from the secrets, and the body.
+func (f *fastHTTP) traceRequest(ctx context.Context, auth bool) {
+	lines := strings.Split(strings.TrimSuffix(string(f.head), "\r\n"), "\r\n")
+	tracef(ctx, "send", "%s", redact.Text(lines[0]))
+	for _, l := range lines[1:] {
+		k, v, _ := strings.Cut(l, ":")
+		traceHeader(ctx, "send", k, strings.TrimLeft(v, " \t"))
+	}
+	if auth {
+		traceHeader(ctx, "send", "Authorization", "")
+	}
+	if len(f.body) > 0 {
+		tracef(ctx, "send", "body %d bytes: %s", len(f.body), redact.Text(preview(f.body)))
+	}
 }
 
 // urlError wraps err as http.Client.Do does.

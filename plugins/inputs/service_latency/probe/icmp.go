@@ -259,6 +259,7 @@ type round struct {
 	ttl        int
 	duplicates int
 	unexpected int
+	ttls       []int         // by sequence number, traced rounds only
 	all        chan struct{} // closed when every request was answered
 	count      int
 	over       bool // the round ended: later callbacks are ignored
@@ -270,28 +271,46 @@ func (p *icmpProber) Probe(parent context.Context) Result {
 	defer cancel()
 	start := time.Now()
 
+	traced := Traced(parent)
 	fields := make([]Field, 0, 11)
-	first, second, looked, err := p.net.resolve(ctx, p.host)
+	first, second, looked, err := p.net.resolve(ctx, p.host, traced)
 	if looked {
 		fields = append(fields, Field{"dns_lookup", time.Since(start).Seconds()})
 	}
 	if err != nil {
 		return Result{Outcome: classify(ctx, err, false), Latency: time.Since(start), Err: err, Fields: fields}
 	}
-	res, sentNone := p.round(ctx, start, first[0], fields)
+	res, sentNone := p.round(ctx, start, first[0], fields, traced)
 	if sentNone && len(second) > 0 && ctx.Err() == nil {
-		res, _ = p.round(ctx, start, second[0], fields)
+		if traced {
+			tracef(ctx, "fallback", "no echo request could be sent to %s; trying %s", first[0], second[0])
+		}
+		res, _ = p.round(ctx, start, second[0], fields, traced)
 	}
 	return res
 }
 
 // round pings target once per count; sentNone reports that not even the
 // first request could be sent.
-func (p *icmpProber) round(ctx context.Context, start time.Time, target netip.Addr, fields []Field) (Result, bool) {
+// traced: report the round and each echo to ctx's tracer.
+func (p *icmpProber) round(ctx context.Context, start time.Time, target netip.Addr, fields []Field, traced bool) (Result, bool) {
 	deadline, _ := ctx.Deadline()
 	rd := &round{
 		target: target, count: p.count, all: make(chan struct{}),
 		sent: make([]time.Time, 0, p.count), rtt: make([]time.Duration, 0, p.count),
+	}
+	if traced {
+		rd.ttls = make([]int, p.count)
+		kind := "unprivileged datagram"
+		if p.raw {
+			kind = "raw (privileged)"
+		}
+		src := "any local address"
+		if p.net.source.IsValid() {
+			src = p.net.source.String()
+		}
+		tracef(ctx, "ping", "%d echo request(s) to %s, %s apart, payload %d bytes, ttl %d, %s socket, from %s",
+			p.count, target, p.interval, p.size, p.ttl, kind, src)
 	}
 
 	pg := probing.New(target.String())
@@ -331,6 +350,9 @@ func (p *icmpProber) round(ctx context.Context, start time.Time, target netip.Ad
 			return
 		}
 		rd.rtt[pkt.Seq] = now.Sub(rd.sent[pkt.Seq])
+		if rd.ttls != nil && pkt.Seq < len(rd.ttls) {
+			rd.ttls[pkt.Seq] = pkt.TTL
+		}
 		if rd.received == 0 && pkt.TTL > 0 {
 			rd.ttl = pkt.TTL
 		}
@@ -369,7 +391,17 @@ func (p *icmpProber) round(ctx context.Context, start time.Time, target netip.Ad
 	rd.over = true
 	sent, rtts := rd.sent, rd.rtt
 	received, ttl, dups, unexpected := rd.received, rd.ttl, rd.duplicates, rd.unexpected
+	ttls := rd.ttls
 	rd.mu.Unlock()
+	if traced {
+		traceEchoes(ctx, target, sent, rtts, ttls, start)
+		if runErr != nil {
+			tracef(ctx, "error", "%v", runErr)
+		}
+		if dups > 0 || unexpected > 0 {
+			tracef(ctx, "ping", "%d duplicate repl(ies), %d unexpected echo repl(ies)", dups, unexpected)
+		}
+	}
 
 	fields = append(fields, Field{"remote_address", target.String()})
 	if len(sent) == 0 {
@@ -412,6 +444,23 @@ func (p *icmpProber) round(ctx context.Context, start time.Time, target netip.Ad
 	}
 	res.Fields = append(fields, Field{"icmp_duplicates", int64(dups)}, Field{"icmp_unexpected", int64(unexpected)})
 	return res, false
+}
+
+// traceEchoes reports each echo request of a round: its sequence number,
+// when it was sent, and its reply (round trip, TTL) or that it was lost.
+func traceEchoes(ctx context.Context, target netip.Addr, sent []time.Time, rtts []time.Duration, ttls []int, start time.Time) {
+	for i := range sent {
+		at := sent[i].Sub(start).Round(time.Microsecond)
+		if rtts[i] < 0 {
+			tracef(ctx, "echo", "seq %d (sent at +%s): lost, no reply by the end of the round", i, at)
+			continue
+		}
+		ttl := "ttl unknown"
+		if i < len(ttls) && ttls[i] > 0 {
+			ttl = fmt.Sprintf("ttl %d", ttls[i])
+		}
+		tracef(ctx, "echo", "seq %d (sent at +%s): reply from %s, rtt %s, %s", i, at, target, rtts[i].Round(time.Microsecond), ttl)
+	}
 }
 
 // medianOf sorted durations (the mean of the middle two for an even count).

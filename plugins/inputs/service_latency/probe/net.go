@@ -103,7 +103,25 @@ func literal(host string) (netip.Addr, bool) {
 // second those tried when every one of first failed (auto only; nil for
 // ip4/ip6). An IP literal is returned without a lookup (looked = false).
 // The lookup, when there is one, uses ctx (so httptrace hooks see it).
-func (n *netConfig) resolve(ctx context.Context, host string) (first, second []netip.Addr, looked bool, err error) {
+// traced: report the lookup to ctx's tracer.
+func (n *netConfig) resolve(ctx context.Context, host string, traced bool) (first, second []netip.Addr, looked bool, err error) {
+	if !traced {
+		return n.lookup(ctx, host)
+	}
+	first, second, looked, err = n.lookup(ctx, host)
+	if !looked {
+		if err != nil {
+			tracef(ctx, "address", "%s: %v", host, err)
+		} else {
+			tracef(ctx, "address", "%s (literal, no lookup)", host)
+		}
+		return
+	}
+	traceResolved(ctx, n, host, first, second, err)
+	return
+}
+
+func (n *netConfig) lookup(ctx context.Context, host string) (first, second []netip.Addr, looked bool, err error) {
 	if a, ok := literal(host); ok {
 		if !n.fits(a) {
 			return nil, nil, false, &net.AddrError{Err: "source_address " + n.source.String() + " cannot reach this address family", Addr: host}
@@ -174,17 +192,21 @@ func (n *netConfig) dialer(timeout time.Duration, network string) net.Dialer {
 // its share of the remaining time (as net.Dialer shares it, at least 2 s
 // when there is that much), then those of second. Hooks of an httptrace
 // in ctx see the lookup and each connect. d carries the timeout, the
-// keep-alive and the source address.
-func (n *netConfig) dial(ctx context.Context, d net.Dialer, network, host, port string) (net.Conn, error) {
-	first, second, _, err := n.resolve(ctx, host)
+// keep-alive and the source address. traced: report the lookup and each
+// connect to ctx's tracer.
+func (n *netConfig) dial(ctx context.Context, d net.Dialer, network, host, port string, traced bool) (net.Conn, error) {
+	first, second, _, err := n.resolve(ctx, host, traced)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	c, err := dialEach(ctx, d, network, port, first, len(second))
+	c, err := dialEach(ctx, d, network, port, first, len(second), traced)
 	if err == nil || len(second) == 0 || ctx.Err() != nil {
 		return c, err
 	}
-	c, err2 := dialEach(ctx, d, network, port, second, 0)
+	if traced {
+		tracef(ctx, "fallback", "every %s address failed; trying %s", family(first[0]), addrList(second))
+	}
+	c, err2 := dialEach(ctx, d, network, port, second, 0, traced)
 	if err2 == nil {
 		return c, nil
 	}
@@ -194,19 +216,26 @@ func (n *netConfig) dial(ctx context.Context, d net.Dialer, network, host, port 
 // dialPhases is dial over TCP that fills ph (under ph.mu): dns_lookup for
 // a host name (also when the lookup failed), tcp_connect from the first
 // connect attempt to the established connection, and the remote address.
-func (n *netConfig) dialPhases(ctx context.Context, d net.Dialer, host, port string, ph *phases) (net.Conn, error) {
+func (n *netConfig) dialPhases(ctx context.Context, d net.Dialer, host, port string, ph *phases, traced bool) (net.Conn, error) {
 	var (
 		first, second []netip.Addr
 		err           error
 	)
 	if a, ok := literal(host); ok {
 		if !n.fits(a) {
-			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: &net.AddrError{Err: "source_address " + n.source.String() + " cannot reach this address family", Addr: host}}
+			err := &net.AddrError{Err: "source_address " + n.source.String() + " cannot reach this address family", Addr: host}
+			if traced {
+				tracef(ctx, "address", "%s: %v", host, err)
+			}
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+		}
+		if traced {
+			tracef(ctx, "address", "%s (literal, no lookup)", host)
 		}
 		first = []netip.Addr{a}
 	} else {
 		dnsStart := time.Now()
-		first, second, _, err = n.resolve(ctx, host)
+		first, second, _, err = n.resolve(ctx, host, traced)
 		ph.mu.Lock()
 		ph.dns, ph.did = ph.dns+time.Since(dnsStart), ph.did|didDNS
 		ph.mu.Unlock()
@@ -215,9 +244,12 @@ func (n *netConfig) dialPhases(ctx context.Context, d net.Dialer, host, port str
 		}
 	}
 	connStart := time.Now()
-	c, err := dialEach(ctx, d, "tcp", port, first, len(second))
+	c, err := dialEach(ctx, d, "tcp", port, first, len(second), traced)
 	if err != nil && len(second) > 0 && ctx.Err() == nil {
-		if c2, err2 := dialEach(ctx, d, "tcp", port, second, 0); err2 == nil {
+		if traced {
+			tracef(ctx, "fallback", "every %s address failed; trying %s", family(first[0]), addrList(second))
+		}
+		if c2, err2 := dialEach(ctx, d, "tcp", port, second, 0, traced); err2 == nil {
 			c, err = c2, nil
 		}
 	}
@@ -233,7 +265,8 @@ func (n *netConfig) dialPhases(ctx context.Context, d net.Dialer, host, port str
 
 // dialEach tries addrs in order; more is how many addresses come after
 // them (for the share of the remaining time).
-func dialEach(ctx context.Context, d net.Dialer, network, port string, addrs []netip.Addr, more int) (net.Conn, error) {
+// traced: report each attempt to ctx's tracer.
+func dialEach(ctx context.Context, d net.Dialer, network, port string, addrs []netip.Addr, more int, traced bool) (net.Conn, error) {
 	deadline, hasDeadline := ctx.Deadline()
 	if d.Timeout > 0 {
 		if dl := time.Now().Add(d.Timeout); !hasDeadline || dl.Before(deadline) {
@@ -251,7 +284,24 @@ func dialEach(ctx context.Context, d net.Dialer, network, port string, addrs []n
 			}
 			dd.Deadline = now.Add(share)
 		}
-		c, err := dd.DialContext(ctx, network, net.JoinHostPort(a.String(), port))
+		addr := net.JoinHostPort(a.String(), port)
+		var t0 time.Time
+		if traced {
+			from := "any local address"
+			if d.LocalAddr != nil {
+				from = d.LocalAddr.String()
+			}
+			tracef(ctx, "connect", "%s %s (address %d of %d, from %s)", network, addr, i+1, len(addrs), from)
+			t0 = time.Now()
+		}
+		c, err := dd.DialContext(ctx, network, addr)
+		if traced {
+			if err == nil {
+				tracef(ctx, "connected", "%s → %s in %s", c.LocalAddr(), c.RemoteAddr(), time.Since(t0).Round(time.Microsecond))
+			} else {
+				tracef(ctx, "connect", "%s failed after %s: %v", addr, time.Since(t0).Round(time.Microsecond), err)
+			}
+		}
 		if err == nil {
 			return c, nil
 		}
@@ -266,6 +316,13 @@ func dialEach(ctx context.Context, d net.Dialer, network, port string, addrs []n
 		firstErr = &net.OpError{Op: "dial", Net: network, Err: errors.New("no address to dial")}
 	}
 	return nil, firstErr
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // remoteIP is the IP of a connection's remote address, for the

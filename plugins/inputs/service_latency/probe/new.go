@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"net/http"
 	"net/http/httptrace"
+	"net/textproto"
 	"net/url"
 	"os"
 	"strconv"
@@ -170,6 +172,9 @@ type phases struct {
 	did                                         uint8
 	tlsFailed                                   bool
 	remote                                      string // remote_address
+	// traced: the probe reports its steps to its context's tracer (set
+	// before the probe starts, read-only then).
+	traced bool
 }
 
 const (
@@ -227,6 +232,42 @@ func (ph *phases) trace() *httptrace.ClientTrace {
 		ph.mu.Unlock()
 	}
 	return t
+}
+
+// traceTransport adds to t (ph.trace's hooks) the steps of a traced
+// probe on the Transport path: the TLS handshake, each request header
+// written, the request sent, the first response byte. The hooks run on
+// the Transport's goroutines; the tracer serializes.
+func traceTransport(ctx context.Context, t *httptrace.ClientTrace) {
+	tlsDone := t.TLSHandshakeDone
+	t.TLSHandshakeStart = chain0(t.TLSHandshakeStart, func() { tracef(ctx, "tls", "handshake start") })
+	t.TLSHandshakeDone = func(st tls.ConnectionState, err error) {
+		tlsDone(st, err)
+		traceTLS(ctx, "", &st, err)
+	}
+	t.WroteHeaderField = func(key string, values []string) {
+		for _, v := range values {
+			traceHeader(ctx, "send", key, v)
+		}
+	}
+	wrote := t.WroteRequest
+	t.WroteRequest = func(info httptrace.WroteRequestInfo) {
+		wrote(info)
+		if info.Err != nil {
+			tracef(ctx, "sent", "request failed: %v", info.Err)
+		} else {
+			tracef(ctx, "sent", "request written")
+		}
+	}
+	t.GotFirstResponseByte = chain0(t.GotFirstResponseByte, func() { tracef(ctx, "first byte", "of the response") })
+	t.Got1xxResponse = func(code int, _ textproto.MIMEHeader) error {
+		tracef(ctx, "response", "%d %s (interim, skipped)", code, http.StatusText(code))
+		return nil
+	}
+}
+
+func chain0(a, b func()) func() {
+	return func() { a(); b() }
 }
 
 // dialTrace returns the DNS and connect hooks only (for net.Dialer).

@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
 )
 
 // MaxExpectRead is how many bytes a TCP probe reads at most to match
@@ -126,9 +127,10 @@ func (p *tcpProber) Probe(parent context.Context) Result {
 	ctx, cancel := context.WithTimeout(parent, p.timeout)
 	defer cancel()
 
+	traced := Traced(parent)
 	ph := new(phases)
 	start := time.Now()
-	conn, err := p.net.dial(httptrace.WithClientTrace(ctx, ph.dialTrace()), p.dialer, "tcp", p.host, p.port)
+	conn, err := p.net.dial(httptrace.WithClientTrace(ctx, ph.dialTrace()), p.dialer, "tcp", p.host, p.port, traced)
 	now := time.Now()
 	ph.mu.Lock()
 	fields := remoteField(ph.appendDial(make([]Field, 0, 6)), conn)
@@ -151,9 +153,20 @@ func (p *tcpProber) Probe(parent context.Context) Result {
 	if p.tlsCfg != nil {
 		hsStart := time.Now()
 		tc := tls.Client(conn, p.tlsCfg)
+		if traced {
+			tracef(ctx, "tls", "handshake start (server name %q)", p.tlsCfg.ServerName)
+		}
 		err := tc.HandshakeContext(ctx)
 		now := time.Now()
 		fields = append(fields, Field{"tls_handshake", now.Sub(hsStart).Seconds()})
+		if traced {
+			if err != nil {
+				traceTLS(ctx, p.tlsCfg.ServerName, nil, err)
+			} else {
+				st := tc.ConnectionState()
+				traceTLS(ctx, p.tlsCfg.ServerName, &st, nil)
+			}
+		}
 		if err != nil {
 			if o := classify(ctx, err, false); o == Timeout {
 				return fail(Timeout, err)
@@ -167,11 +180,17 @@ func (p *tcpProber) Probe(parent context.Context) Result {
 
 	if p.send != nil {
 		if _, err := rw.Write(p.send); err != nil {
+			if traced {
+				tracef(ctx, "send", "%d bytes failed: %v", len(p.send), err)
+			}
 			return fail(classify(ctx, err, false), err)
+		}
+		if traced {
+			tracef(ctx, "send", "%d bytes: %s", len(p.send), redact.Text(preview(p.send)))
 		}
 	}
 	if p.expect != nil || p.re != nil {
-		if o, err := p.readExpect(ctx, rw); o != Success {
+		if o, err := p.readExpect(ctx, rw, traced); o != Success {
 			return fail(o, err)
 		}
 	}
@@ -185,12 +204,16 @@ var (
 )
 
 // readExpect reads until the data matches (Success), or fails.
-func (p *tcpProber) readExpect(ctx context.Context, r io.Reader) (Outcome, error) {
+// traced: report what was read and the verdicts to ctx's tracer.
+func (p *tcpProber) readExpect(ctx context.Context, r io.Reader, traced bool) (o Outcome, err error) {
 	bufp := readPool.Get().(*[MaxExpectRead]byte)
 	defer readPool.Put(bufp)
 	buf := bufp[:]
 	n, from := 0, 0
 	found := p.expect == nil
+	if traced {
+		defer func() { p.traceExpect(ctx, buf[:n], found, o, err) }()
+	}
 	for {
 		m, err := r.Read(buf[n:])
 		n += m
@@ -223,6 +246,25 @@ func (p *tcpProber) readExpect(ctx context.Context, r io.Reader) (Outcome, error
 		if n == len(buf) {
 			return StringMismatch, fmt.Errorf("%w in the first %d bytes", p.mismatch(found), n)
 		}
+	}
+}
+
+// traceExpect reports the bytes read and the verdict of expect and
+// expect_regex.
+func (p *tcpProber) traceExpect(ctx context.Context, got []byte, found bool, o Outcome, err error) {
+	if err != nil && o != StringMismatch {
+		tracef(ctx, "recv", "%d bytes, then %v: %s", len(got), err, preview(got))
+	} else {
+		tracef(ctx, "recv", "%d bytes: %s", len(got), preview(got))
+	}
+	if o == Timeout || o == ReadFailed {
+		return
+	}
+	if p.expect != nil {
+		tracef(ctx, "assert", "expect %q → %s", p.expect, verdict(found))
+	}
+	if p.re != nil {
+		tracef(ctx, "assert", "expect_regex %q → %s", p.re.String(), verdict(o == Success || p.re.Match(got)))
 	}
 }
 
