@@ -188,7 +188,8 @@ func TestBinaryRedisKilledMidRunAndRestarted(t *testing.T) {
 			probeTime = max(probeTime, time.Duration(fieldOf[float64](t, m, "latency")*float64(time.Second)))
 			require.Equal(t, int64(probes), fieldOf[int64](t, m, "latency_count"), "gather %d", probes)
 		}
-		require.Less(t, elapsed, storeTimeout+probeTime+300*time.Millisecond, "gather %d emitted on time", probes)
+		// a failed chunk costs its deadline and a PING of half of it
+		require.Less(t, elapsed, storeTimeout*3/2+probeTime+300*time.Millisecond, "gather %d emitted on time", probes)
 		return ms
 	}
 	for range 3 {
