@@ -315,6 +315,9 @@ func (e *Engine) logVerdict(t *Target, r *probe.Result, en *store.Entry, at time
 	}
 	t.status, t.since, t.seen = v.Status, v.Since, true
 	if v.Status == prev {
+		if r.Outcome != probe.Success {
+			e.log.Debugf("service %q: %s: %s (status %s)", t.Name, r.Outcome, errText(r.Err), v.Status)
+		}
 		return
 	}
 	was := prev.String()
