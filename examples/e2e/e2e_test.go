@@ -197,6 +197,10 @@ func TestTelegrafInfluxDBPipeline(t *testing.T) {
 		checkDashboardQueries(t, e)
 	})
 
+	t.Run("the README's InfluxQL alert queries: true and false", func(t *testing.T) {
+		checkInfluxAlerts(t, e)
+	})
+
 	// Everything stopped and removed: no process, no temp dir.
 	e.stop(t)
 	require.Empty(t, e.leftovers(), "processes left behind")

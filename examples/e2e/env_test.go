@@ -437,10 +437,13 @@ func (s series) rows() []map[string]any {
 
 // queryErr runs one InfluxQL statement over InfluxDB's HTTP API (GET
 // /query, epoch=ns) and returns its series, or the error InfluxDB reported.
-func (e *env) queryErr(q string) ([]series, error) {
+func (e *env) queryErr(q string) ([]series, error) { return e.queryDB(database, q) }
+
+// queryDB is queryErr in database db.
+func (e *env) queryDB(db, q string) ([]series, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	u := e.influxURL + "/query?" + url.Values{"db": {database}, "epoch": {"ns"}, "q": {q}}.Encode()
+	u := e.influxURL + "/query?" + url.Values{"db": {db}, "epoch": {"ns"}, "q": {q}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
