@@ -313,7 +313,11 @@ func (p *httpProber) Probe(parent context.Context) Result {
 	ht := ph.trace()
 	if traced {
 		tracef(ctx, "request", "%s %s HTTP/1.1 (net/http Transport)", p.base.Method, redactURL(p.base.URL.String()))
-		traceTransport(ctx, ht)
+		name := p.base.URL.Hostname()
+		if c := p.transport.TLSClientConfig; c != nil && c.ServerName != "" {
+			name = c.ServerName
+		}
+		traceTransport(ctx, ht, name)
 	}
 	req := p.base.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, phasesKey{}, ph), ht))
 	if p.body != "" {

@@ -237,13 +237,18 @@ func (ph *phases) trace() *httptrace.ClientTrace {
 // traceTransport adds to t (ph.trace's hooks) the steps of a traced
 // probe on the Transport path: the TLS handshake, each request header
 // written, the request sent, the first response byte. The hooks run on
-// the Transport's goroutines; the tracer serializes.
-func traceTransport(ctx context.Context, t *httptrace.ClientTrace) {
+// the Transport's goroutines; the tracer serializes. serverName is the
+// TLS server name of the first request (SNI is not sent for an IP).
+func traceTransport(ctx context.Context, t *httptrace.ClientTrace, serverName string) {
 	tlsDone := t.TLSHandshakeDone
 	t.TLSHandshakeStart = chain0(t.TLSHandshakeStart, func() { tracef(ctx, "tls", "handshake start") })
 	t.TLSHandshakeDone = func(st tls.ConnectionState, err error) {
 		tlsDone(st, err)
-		traceTLS(ctx, "", &st, err)
+		name := st.ServerName
+		if name == "" {
+			name = serverName
+		}
+		traceTLS(ctx, name, &st, err)
 	}
 	t.WroteHeaderField = func(key string, values []string) {
 		for _, v := range values {
