@@ -166,7 +166,11 @@ func (e *Engine) Gather(ctx context.Context, now time.Time, emit func(*Service))
 	}
 	rep.Services = make([]Service, 0, len(e.targets))
 	for _, t := range e.targets {
-		if t.last != nil {
+		switch {
+		case t.fresh != nil:
+			rep.Services = append(rep.Services, *t.fresh)
+			t.fresh = nil
+		case t.last != nil:
 			rep.Services = append(rep.Services, *t.last)
 		}
 	}
@@ -245,14 +249,15 @@ func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit fun
 		s := &Service{}
 		e.service(s, t, &rd.result, entry.State, roundAt)
 		s.At = rd.start
-		h := HistoryEntry{At: rd.start, Result: rd.result.Outcome.String(), Error: s.Error}
-		if rd.result.Outcome == probe.Success {
-			h.Latency = rd.result.Latency.Seconds()
-		}
-		s.History = t.remember(h)
+		s.History = t.remember(rd.start, &rd.result, s.Error)
 		// the schedule counts from the planned start (the gather's time
 		// plus the offset), so that it follows the gathers' own clock
-		t.last, t.lastStart = s, rd.scheduled
+		t.lastStart, t.fresh = rd.scheduled, s
+		if t.Schedule.Interval > 0 {
+			// not due every gather: the report carries its last round
+			// (kept only for such targets: a Service holds its maps)
+			t.last = s
+		}
 		rep.Probed++
 		emit(s)
 	}

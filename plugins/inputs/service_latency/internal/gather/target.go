@@ -50,23 +50,40 @@ type Target struct {
 	hash      uint64
 	lastStart time.Time
 	last      *Service
-	// history is a ring of the last HistoryLen rounds; next is where the
-	// next one goes.
-	history []HistoryEntry
+	// fresh is this gather's entry (until the report is made).
+	fresh *Service
+	// history is a ring of the last HistoryLen rounds, kept compact; next
+	// is where the next one goes.
+	history []pastRound
 	next    int
 }
 
-// remember adds a round to the history and returns it newest first.
-func (t *Target) remember(h HistoryEntry) []HistoryEntry {
+// pastRound is a round in the history ring (40 bytes: it is kept for
+// every service).
+type pastRound struct {
+	at      int64 // unix ns
+	latency float64
+	err     string
+	outcome probe.Outcome
+}
+
+// remember adds a round to the history and returns the history newest
+// first.
+func (t *Target) remember(at time.Time, r *probe.Result, errText string) []HistoryEntry {
+	p := pastRound{at: at.UnixNano(), err: errText, outcome: r.Outcome}
+	if r.Outcome == probe.Success {
+		p.latency = r.Latency.Seconds()
+	}
 	if len(t.history) < HistoryLen {
-		t.history = append(t.history, h)
+		t.history = append(t.history, p)
 	} else {
-		t.history[t.next] = h
+		t.history[t.next] = p
 	}
 	t.next = (t.next + 1) % HistoryLen
 	out := make([]HistoryEntry, len(t.history))
 	for i := range out {
-		out[i] = t.history[(t.next-1-i+2*HistoryLen)%HistoryLen%len(t.history)]
+		h := &t.history[(t.next-1-i+HistoryLen)%HistoryLen%len(t.history)]
+		out[i] = HistoryEntry{At: time.Unix(0, h.at).UTC(), Result: h.outcome.String(), Latency: h.latency, Error: h.err}
 	}
 	return out
 }
