@@ -28,6 +28,13 @@ type snapshot struct {
 
 	once sync.Once
 	doc  *document
+
+	// The operator's page (page.go): its JSON, rendered once like doc,
+	// and the services by name.
+	pageOnce sync.Once
+	page     *pageDoc
+	idxOnce  sync.Once
+	idx      map[string]int
 }
 
 // serviceError is the last error of services.Services[i].

@@ -1,7 +1,9 @@
 // Package status is the plugin's operator window: an HTTP server
 // (status_listen) with GET /status (every service's current state and the
-// build, as JSON), GET /healthz (are gathers running on schedule) and, with
-// pprof = true, /debug/pprof/. The plugin validates the Settings in Init,
+// build, as JSON), GET /healthz (are gathers running on schedule), the
+// operator's page for a browser (GET /, /service/NAME, /api/services,
+// /api/service/NAME and, with status_debug, /probe/NAME: page.go) and,
+// with pprof = true, /debug/pprof/. The plugin validates the Settings in Init,
 // calls Start and Stop from its own, and hands the server every gather's
 // Report with Publish; the server has its own lock and clock and never
 // reads the plugin.
@@ -116,14 +118,20 @@ type Settings struct {
 	Listen      string // status_listen: host:port, "" for no server
 	AllowRemote bool   // status_allow_remote: serve on a non-loopback address
 	Pprof       bool   // pprof: serve /debug/pprof/
+	// Debug (status_debug) serves GET /probe/NAME: run that service's
+	// probe now and return its trace (see SetProber).
+	Debug bool
 }
 
 // Validate checks the settings without I/O. Its errors are *keyerr.Error
-// with Key "status_listen" or "pprof".
+// with Key "status_listen", "pprof" or "status_debug".
 func (s Settings) Validate() error {
 	if s.Listen == "" {
 		if s.Pprof {
 			return keyerr.New("pprof", errors.New("needs status_listen (pprof is served by the status server)"))
+		}
+		if s.Debug {
+			return keyerr.New("status_debug", errors.New("needs status_listen (GET /probe/NAME is served by the status server)"))
 		}
 		return nil
 	}
@@ -184,6 +192,15 @@ type Server struct {
 	lastErr   map[string]lastError
 	gen       uint64
 
+	// The operator's page (page.go): its /api requests in progress,
+	// the smoke of past rounds and the debug probe.
+	pageSlots chan struct{}
+	smoke     smokeMemory
+	prober    atomic.Pointer[Prober]
+	probeMu   sync.Mutex
+	lastProbe time.Time
+	probing   bool
+
 	lmu    sync.Mutex // guards the listener
 	srv    *http.Server
 	addr   string
@@ -200,10 +217,11 @@ type lastError struct {
 // until Start. log gets the "listening on" line; nil discards it.
 func New(s Settings, log telegraf.Logger) *Server {
 	srv := &Server{
-		set:     s,
-		log:     log,
-		slots:   make(chan struct{}, MaxConcurrent),
-		maxBody: MaxBodyBytes,
+		set:       s,
+		log:       log,
+		slots:     make(chan struct{}, MaxConcurrent),
+		pageSlots: make(chan struct{}, MaxConcurrent),
+		maxBody:   MaxBodyBytes,
 	}
 	srv.cur.Store(&snapshot{})
 	return srv
@@ -409,9 +427,18 @@ func (s *Server) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/status", s.handleStatus)
 	mux.HandleFunc("/healthz", s.handleHealthz)
+	mux.HandleFunc("/api/services", s.handlePageJSON)
+	mux.HandleFunc("/ui/", handleAsset)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
+			return
+		}
+		// a browser gets the operator's page, curl and scripts the
+		// one-line index
+		w.Header().Set("Vary", "Accept")
+		if wantsHTML(r) {
+			servePage(w, r)
 			return
 		}
 		fmt.Fprintln(w, "service_latency: GET /status, GET /healthz")
@@ -423,7 +450,7 @@ func (s *Server) handler() http.Handler {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	return getOnly(mux)
+	return getOnly(s.named(mux))
 }
 
 func getOnly(h http.Handler) http.Handler {
