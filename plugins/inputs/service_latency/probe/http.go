@@ -56,6 +56,7 @@ import (
 	"github.com/influxdata/telegraf/config"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
 )
 
 const (
@@ -318,6 +319,9 @@ func (p *httpProber) Probe(parent context.Context) Result {
 			name = c.ServerName
 		}
 		traceTransport(ctx, ht, name)
+		if p.body != "" {
+			tracef(ctx, "send", "body %d bytes: %s", len(p.body), redact.Text(preview([]byte(p.body))))
+		}
 	}
 	req := p.base.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, phasesKey{}, ph), ht))
 	if p.body != "" {
