@@ -238,9 +238,21 @@ func TestNetOptionErrors(t *testing.T) {
 // over TCP in full.
 func truncatingServer(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	require.NoError(t, err)
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	// The same port over UDP and TCP: a UDP port whose TCP twin is taken
+	// (by anything else on the host) is tried again.
+	var (
+		pc  net.PacketConn
+		ln  net.Listener
+		err error
+	)
+	for range 50 {
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		require.NoError(t, err)
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		_ = pc.Close()
+	}
 	require.NoError(t, err)
 	udp := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
 		m := new(dns.Msg)
