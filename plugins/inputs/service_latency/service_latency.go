@@ -19,13 +19,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/influxdata/telegraf"
 	"github.com/influxdata/telegraf/plugins/inputs"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/debugprobe"
 	engine "github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/gather"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/status"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
@@ -54,6 +57,9 @@ type ServiceLatency struct {
 	status          *status.Server
 	ctx             context.Context
 	cancel          context.CancelFunc
+	// current is the config in force, for /probe (read without waiting
+	// for a gather to end).
+	current atomic.Pointer[config.Config]
 }
 
 // SetBuildInfo sets the version and commit GET /status shows (the binary
@@ -92,7 +98,12 @@ func (p *ServiceLatency) Init() error {
 	p.engine.SetTargets(spec.Targets, spec.Engine)
 	p.collectInternal = spec.CollectInternal
 	p.status = status.New(spec.Status, p.Log)
+	if spec.Status.Debug {
+		p.status.SetProber(p.debugProbe)
+	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	cfg := p.Config
+	p.current.Store(&cfg)
 	return nil
 }
 
@@ -196,15 +207,23 @@ func (p *ServiceLatency) Reconfigure(next *config.Config) error {
 	if err != nil {
 		return err
 	}
-	if spec.Status != (status.Settings{Listen: p.StatusListen, AllowRemote: p.StatusAllowRemote, Pprof: p.Pprof}) {
-		p.Log.Warnf("status_listen, status_allow_remote and pprof take effect at the next restart; the status server keeps its current settings")
+	if spec.Status != (status.Settings{Listen: p.StatusListen, AllowRemote: p.StatusAllowRemote, Pprof: p.Pprof, Debug: p.StatusDebug}) {
+		p.Log.Warnf("status_listen, status_allow_remote, pprof and status_debug take effect at the next restart; the status server keeps its current settings")
 	}
 	for _, t := range p.engine.SetTargets(spec.Targets, spec.Engine) {
 		t.Prober.Close()
 	}
 	p.collectInternal = spec.CollectInternal
 	p.Config = *next
+	cfg := *next
+	p.current.Store(&cfg)
 	return nil
+}
+
+// debugProbe runs GET /probe/NAME: one probe of the service as the config
+// now stands, on probers of its own (never the running engine's).
+func (p *ServiceLatency) debugProbe(ctx context.Context, name string, w io.Writer) int {
+	return debugprobe.RunService(ctx, p.current.Load(), name, w)
 }
 
 // ServiceNames lists the configured service names in config order.

@@ -471,3 +471,35 @@ histogram_buckets = [0.1]
 	require.Equal(t, int64(30), doc.Gathers)
 	require.EqualValues(t, 30, doc.Services[0].Fields["latency_count"])
 }
+
+// status_debug = true wires GET /probe/NAME to a debug probe of the
+// service as the config stands; it is off by default.
+func TestStatusDebugProbe(t *testing.T) {
+	srv := newDelayServer(t, 0)
+	svc := `
+[[inputs.service_latency.service]]
+  name = "api"
+  url = "` + srv.URL + `/x"
+  bearer_token = "SECRETBT"
+`
+	off, _ := startPlugin(t, conf(`status_listen = "127.0.0.1:0"`+svc))
+	code, _ := httpGet(t, "http://"+off.StatusAddr()+"/probe/api")
+	require.Equal(t, http.StatusNotFound, code, "off by default")
+
+	p, _ := startPlugin(t, conf("status_listen = \"127.0.0.1:0\"\nstatus_debug = true"+svc))
+	hits := srv.hits.Load()
+	code, body := httpGet(t, "http://"+p.StatusAddr()+"/probe/api")
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, "outcome:")
+	require.Contains(t, body, "success")
+	require.NotContains(t, body, "SECRETBT")
+	require.Equal(t, hits+1, srv.hits.Load(), "it probed the service once")
+	// rate-limited: one a second
+	code, _ = httpGet(t, "http://"+p.StatusAddr()+"/probe/nope")
+	require.Equal(t, http.StatusTooManyRequests, code)
+	require.Eventually(t, func() bool {
+		code, _ = httpGet(t, "http://"+p.StatusAddr()+"/probe/nope")
+		return code != http.StatusTooManyRequests
+	}, 5*time.Second, 100*time.Millisecond)
+	require.Equal(t, http.StatusNotFound, code, "no such service")
+}

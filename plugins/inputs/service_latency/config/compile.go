@@ -55,7 +55,7 @@ var builtinTags = []string{"service", "probe", "server", "result", "le"}
 // and status settings. The Config is not modified. On error nothing is
 // left open.
 func Compile(c *Config) (*Spec, error) {
-	ops := status.Settings{Listen: c.StatusListen, AllowRemote: c.StatusAllowRemote, Pprof: c.Pprof}
+	ops := status.Settings{Listen: c.StatusListen, AllowRemote: c.StatusAllowRemote, Pprof: c.Pprof, Debug: c.StatusDebug}
 	if err := ops.Validate(); err != nil {
 		return nil, nested(-1, "", "", err)
 	}

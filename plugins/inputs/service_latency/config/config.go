@@ -103,6 +103,8 @@ type Config struct {
 	StatusListen      string `toml:"status_listen"`
 	StatusAllowRemote bool   `toml:"status_allow_remote"`
 	Pprof             bool   `toml:"pprof"`
+	// StatusDebug serves GET /probe/NAME (runs that probe now).
+	StatusDebug bool `toml:"status_debug"`
 	CollectInternal   bool   `toml:"collect_internal"`
 }
 

@@ -30,6 +30,41 @@ const (
 	BadConfig = 2 // no such service
 )
 
+// RunService compiles, from c, only the service called name (probers of
+// its own: a running engine's are never borrowed) and runs it as Run does.
+func RunService(ctx context.Context, c *config.Config, name string, w io.Writer) int {
+	one := *c
+	one.Services = nil
+	var names []string
+	for _, s := range c.Services {
+		if s == nil {
+			continue
+		}
+		n := s.Name
+		if n == "" {
+			n = redact.URL(s.URL)
+		}
+		names = append(names, n)
+		if n == name {
+			one.Services = append(one.Services, s)
+		}
+	}
+	if len(one.Services) == 0 {
+		fmt.Fprintf(w, "no service named %q; the services are:\n", name)
+		for _, n := range names {
+			fmt.Fprintf(w, "  %s\n", n)
+		}
+		return BadConfig
+	}
+	spec, err := config.Compile(&one)
+	if err != nil {
+		fmt.Fprintf(w, "config: %s\n", redact.Text(err.Error()))
+		return BadConfig
+	}
+	defer spec.Close()
+	return Run(ctx, &one, spec, name, w)
+}
+
 // Run probes the service called name of a compiled config once, writes
 // the trace to w and returns the exit status.
 func Run(ctx context.Context, c *config.Config, spec *config.Spec, name string, w io.Writer) int {
