@@ -104,8 +104,8 @@ type Config struct {
 	StatusAllowRemote bool   `toml:"status_allow_remote"`
 	Pprof             bool   `toml:"pprof"`
 	// StatusDebug serves GET /probe/NAME (runs that probe now).
-	StatusDebug bool `toml:"status_debug"`
-	CollectInternal   bool   `toml:"collect_internal"`
+	StatusDebug     bool `toml:"status_debug"`
+	CollectInternal bool `toml:"collect_internal"`
 }
 
 // Service is one [[inputs.service_latency.service]] table.
