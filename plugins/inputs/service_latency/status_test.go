@@ -293,8 +293,11 @@ max_concurrency = 2
 	}
 	require.Len(t, internal, 1)
 	f := internal[0]
-	require.Len(t, f, 9, "%v", f)
+	require.Len(t, f, 12, "%v", f)
 	require.Equal(t, int64(0), f["store_dropped"])
+	require.Equal(t, int64(0), f["members_seen"], "no fleet")
+	require.Equal(t, int64(3), f["owned_services"], "every service")
+	require.Equal(t, int64(0), f["ownership_changes"])
 	require.Equal(t, int64(0), f["store_slow_writes"])
 	require.Equal(t, false, f["store_unreachable"])
 	require.GreaterOrEqual(t, f["gather_time"].(float64), 0.2)

@@ -35,9 +35,32 @@ type Engine struct {
 	// by the probe workers).
 	inFlight, inFlightMax atomic.Int64
 
+	// owner shares the services among agents (probe_replicas); nil:
+	// this agent probes every service. ownershipChanges counts the
+	// services this agent gained or lost, members the live members of
+	// the last gather (0 without a fleet or when it could not be seen).
+	owner            Ownership
+	ownershipChanges int64
+
 	// Reused from gather to gather.
 	obs  []store.Observation
 	snap stats.Snapshot
+}
+
+// Ownership decides, at the start of every gather, which services this
+// agent probes (store.Fleet). interval is the gather cadence observed so
+// far (0: not known yet), which the agent advertises in its lease.
+type Ownership interface {
+	Renew(ctx context.Context, interval time.Duration) *store.Share
+}
+
+// SetOwnership makes the engine probe and emit only the services o says
+// this agent owns, from the next gather on (nil: every service). It
+// outlives reloads (SetTargets).
+func (e *Engine) SetOwnership(o Ownership) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.owner = o
 }
 
 // Batching of state updates: the rounds that finish are applied to the
@@ -74,6 +97,7 @@ func (e *Engine) SetTargets(targets []*Target, s Settings) (old []*Target) {
 			t.lastStart, t.last = p.lastStart, p.last
 			t.status, t.since, t.seen = p.status, p.since, p.seen
 			t.history, t.next = p.history, p.next
+			t.owned, t.ownSeen = p.owned, p.ownSeen
 		}
 	}
 	old, e.targets, e.settings = e.targets, targets, s
@@ -116,8 +140,22 @@ func (e *Engine) Gather(ctx context.Context, now time.Time, emit func(*Service))
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cadence := e.noteStart(now)
+	var share *store.Share // nil: every service
+	if e.owner != nil {
+		share = e.owner.Renew(ctx, cadence)
+	}
 	due := make([]*Target, 0, len(e.targets))
+	owned := 0
 	for _, t := range e.targets {
+		own := share.Owns(t.Name)
+		if t.ownSeen && own != t.owned {
+			e.ownershipChanges++
+		}
+		t.owned, t.ownSeen = own, true
+		if !own {
+			continue // another agent probes and emits it
+		}
+		owned++
 		if t.due(now, cadence) {
 			due = append(due, t)
 		}
@@ -164,8 +202,12 @@ func (e *Engine) Gather(ctx context.Context, now time.Time, emit func(*Service))
 	if ctx.Err() != nil {
 		return nil
 	}
-	rep.Services = make([]Service, 0, len(e.targets))
+	rep.Services = make([]Service, 0, owned)
 	for _, t := range e.targets {
+		if !t.owned {
+			t.fresh = nil
+			continue
+		}
 		switch {
 		case t.fresh != nil:
 			rep.Services = append(rep.Services, *t.fresh)
@@ -176,6 +218,11 @@ func (e *Engine) Gather(ctx context.Context, now time.Time, emit func(*Service))
 	}
 	rep.End = time.Now()
 	rep.Internal = e.internal(len(e.targets), rep.End.Sub(rep.Start), timeouts)
+	rep.Internal.OwnedServices = int64(owned)
+	rep.Internal.OwnershipChanges = e.ownershipChanges
+	if share != nil {
+		rep.Internal.MembersSeen = int64(len(share.Members))
+	}
 	return rep
 }
 

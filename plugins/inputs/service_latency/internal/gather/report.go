@@ -87,6 +87,15 @@ type Internal struct {
 	ReplayQueue      int64
 	// StoreDropped counts observations the store dropped (replay queue full).
 	StoreDropped int64
+	// MembersSeen is the number of live agents in the fleet this gather
+	// (probe_replicas; 0 without it, or when the lease could not be
+	// renewed). OwnedServices are the services this agent probed and
+	// emitted (its share; every service without probe_replicas).
+	// OwnershipChanges counts, over the process's life, the services this
+	// agent took over or gave up.
+	MembersSeen      int64
+	OwnedServices    int64
+	OwnershipChanges int64
 }
 
 // Fields returns the service_latency_internal fields.
@@ -101,5 +110,8 @@ func (in *Internal) Fields() map[string]any {
 		"store_unreachable":    in.StoreUnreachable,
 		"replay_queue":         in.ReplayQueue,
 		"store_dropped":        in.StoreDropped,
+		"members_seen":         in.MembersSeen,
+		"owned_services":       in.OwnedServices,
+		"ownership_changes":    in.OwnershipChanges,
 	}
 }

@@ -52,6 +52,9 @@ type Target struct {
 	last      *Service
 	// fresh is this gather's entry (until the report is made).
 	fresh *Service
+	// owned: this agent probed the service at the last gather (always,
+	// without probe_replicas); ownSeen: once it has been decided.
+	owned, ownSeen bool
 	// history is a ring of the last HistoryLen rounds, kept compact; next
 	// is where the next one goes.
 	history []pastRound
