@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/gather"
@@ -37,6 +40,9 @@ type StoreSpec struct {
 	StateFile string
 	// Redis are the validated options of the Redis store.
 	Redis store.RedisOptions
+	// Fleet shares the probes among the agents of the Redis
+	// (Fleet.Replicas 0: every agent probes every service).
+	Fleet store.FleetOptions
 }
 
 // Close releases what a Spec that will not run holds (its probers).
@@ -103,11 +109,15 @@ func compileStore(c *Config) (StoreSpec, error) {
 		if c.Redis == nil {
 			return StoreSpec{}, pluginErr("state", errors.New(`state = "redis" needs an [inputs.service_latency.redis] table with an address or a url`))
 		}
-		opts, err := c.Redis.Options()
+		opts, err := c.Redis.RedisConfig.Options()
 		if err != nil {
 			return StoreSpec{}, nested(-1, "", "redis.", err)
 		}
-		return StoreSpec{Kind: "redis", Redis: opts}, nil
+		fleet, err := c.Redis.FleetConfig.Options()
+		if err != nil {
+			return StoreSpec{}, nested(-1, "", "redis.", err)
+		}
+		return StoreSpec{Kind: "redis", Redis: opts, Fleet: fleet}, nil
 	}
 	return StoreSpec{}, pluginErr("state", fmt.Errorf("unknown store %q (want \"memory\" or \"redis\")", c.State))
 }
@@ -151,19 +161,72 @@ func compileTargets(c *Config) (targets []*gather.Target, err error) {
 	if len(c.Services) == 0 {
 		return nil, pluginErr("service", errors.New("no services configured: add at least one [[inputs.service_latency.service]] with a url"))
 	}
-	seen := make(map[string]int, len(c.Services))
-	targets = make([]*gather.Target, 0, len(c.Services))
+	// Which earlier service each one's name duplicates (-1: none). The
+	// services are then compiled in parallel; the error reported is that
+	// of the first service in the file that has one, as one after the
+	// other would find it (a service's checks depend on itself and on the
+	// names before it only).
+	first := make(map[string]int, len(c.Services))
+	dupOf := make([]int, len(c.Services))
 	for i, s := range c.Services {
-		t, err := compileService(c, i, s, base, pcts, vbase, seen)
-		if err != nil {
-			return targets, err
+		dupOf[i] = -1
+		if s == nil {
+			continue
 		}
-		targets = append(targets, t)
+		if j, dup := first[serviceName(s)]; dup {
+			dupOf[i] = j
+		} else {
+			first[serviceName(s)] = i
+		}
+	}
+	defaults := &schemeDefaults{o: c.Options}
+	targets = make([]*gather.Target, len(c.Services))
+	errs := make([]error, len(c.Services))
+	compileRange := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			targets[i], errs[i] = compileService(c, i, c.Services[i], base, pcts, vbase, dupOf[i], defaults)
+		}
+	}
+	const perWorker = 1024
+	if workers := min(runtime.GOMAXPROCS(0), (len(c.Services)+perWorker-1)/perWorker); workers <= 1 {
+		compileRange(0, len(c.Services))
+	} else {
+		var wg sync.WaitGroup
+		step := (len(c.Services) + workers - 1) / workers
+		for lo := 0; lo < len(c.Services); lo += step {
+			wg.Add(1)
+			go func(lo, hi int) {
+				defer wg.Done()
+				compileRange(lo, hi)
+			}(lo, min(lo+step, len(c.Services)))
+		}
+		wg.Wait()
+	}
+	for _, err := range errs {
+		if err != nil {
+			for i, t := range targets {
+				if t == nil {
+					continue
+				}
+				t.Prober.Close()
+				targets[i] = nil
+			}
+			return nil, err
+		}
 	}
 	return targets, nil
 }
 
-func compileService(c *Config, i int, s *Service, base stats.Params, pcts []float64, vc verdictConfig, seen map[string]int) (*gather.Target, error) {
+// serviceName is a service's name: its own, else its URL without
+// credentials.
+func serviceName(s *Service) string {
+	if s.Name != "" {
+		return s.Name
+	}
+	return redact.URL(s.URL)
+}
+
+func compileService(c *Config, i int, s *Service, base stats.Params, pcts []float64, vc verdictConfig, dupOf int, defaults *schemeDefaults) (*gather.Target, error) {
 	if s == nil {
 		return nil, &Error{Service: i, Err: errors.New("empty service table")}
 	}
@@ -176,17 +239,13 @@ func compileService(c *Config, i int, s *Service, base stats.Params, pcts []floa
 	if len(s.URL) > MaxURLBytes {
 		return nil, fail("url", fmt.Errorf("%d bytes, more than the limit of %d", len(s.URL), MaxURLBytes))
 	}
-	name := s.Name
-	if name == "" {
-		name = redact.URL(s.URL)
-	}
+	name := serviceName(s)
 	if err := checkTagValue(name, MaxNameBytes); err != nil {
 		return nil, fail("name", err)
 	}
-	if j, dup := seen[name]; dup {
-		return nil, fail("name", fmt.Errorf("duplicate service name %q (also service #%d); names key the state and must be unique", name, j+1))
+	if dupOf >= 0 {
+		return nil, fail("name", fmt.Errorf("duplicate service name %q (also service #%d); names key the state and must be unique", name, dupOf+1))
 	}
-	seen[name] = i
 
 	timeout := time.Duration(c.Timeout)
 	if s.Timeout != 0 {
@@ -249,13 +308,67 @@ func compileService(c *Config, i int, s *Service, base stats.Params, pcts []floa
 	if err := checkTags(s.Tags); err != nil {
 		return nil, fail("tags", err)
 	}
-	prober, err := probe.New(s.URL, timeout, s.Options.WithDefaults(c.Options.ApplicableTo(s.URL)))
+	prober, err := probe.New(s.URL, timeout, defaults.forService(s))
 	if err != nil {
 		return nil, nested(i, boundedName(s.Name), "", err)
 	}
 	t := gather.NewTarget(name, redact.URL(s.URL), prober, params, pcts, s.Tags)
 	t.Schedule = sched
 	return t, nil
+}
+
+// schemeDefaults are the plugin-wide probe options applicable to each
+// URL scheme, computed once per scheme (ApplicableTo parses the URL and
+// copies the options by reflection: once per service was a tenth of the
+// start-up at 100,000 services).
+type schemeDefaults struct {
+	o  probe.Options
+	mu sync.Mutex
+	by map[string]probe.Options
+}
+
+// forService is s.Options.WithDefaults(plugin options.ApplicableTo(url)).
+// A service that sets no option of its own gets the defaults themselves:
+// WithDefaults fills every unset field of Options from them.
+func (d *schemeDefaults) forService(s *Service) probe.Options {
+	scheme, ok := urlScheme(s.URL)
+	if !ok {
+		return s.Options.WithDefaults(d.o.ApplicableTo(s.URL))
+	}
+	d.mu.Lock()
+	def, ok := d.by[scheme]
+	if !ok {
+		def = d.o.ApplicableTo(scheme + "://x/") // it depends on the scheme only
+		if d.by == nil {
+			d.by = map[string]probe.Options{}
+		}
+		d.by[scheme] = def
+	}
+	d.mu.Unlock()
+	if reflect.ValueOf(&s.Options).Elem().IsZero() {
+		return def
+	}
+	return s.Options.WithDefaults(def)
+}
+
+// urlScheme is the lower-cased scheme of a URL that has one ("http" of
+// "HTTP://x"); ok is false when rawURL does not start with a scheme and
+// "://" (url.Parse, in ApplicableTo and probe.New, decides those).
+func urlScheme(rawURL string) (string, bool) {
+	i := strings.Index(rawURL, "://")
+	if i <= 0 {
+		return "", false
+	}
+	for k := 0; k < i; k++ {
+		c := rawURL[k]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case k > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return "", false
+		}
+	}
+	return strings.ToLower(rawURL[:i]), true
 }
 
 // verdictConfig are a service's verdict settings as configured.

@@ -89,9 +89,9 @@ type Config struct {
 
 	// State: "memory" (default, optionally persisted to StateFile) or
 	// "redis" (shared by every agent with the same Redis).
-	State     string             `toml:"state"`
-	StateFile string             `toml:"state_file"`
-	Redis     *store.RedisConfig `toml:"redis"`
+	State     string      `toml:"state"`
+	StateFile string      `toml:"state_file"`
+	Redis     *RedisTable `toml:"redis"`
 
 	// Shape of the metrics: result_tag = false drops the `result` tag
 	// (result_code carries it) and string_fields = false the string fields,
@@ -106,6 +106,13 @@ type Config struct {
 	// StatusDebug serves GET /probe/NAME (runs that probe now).
 	StatusDebug     bool `toml:"status_debug"`
 	CollectInternal bool `toml:"collect_internal"`
+}
+
+// RedisTable is the [inputs.service_latency.redis] table: the Redis
+// store's settings and the fleet's (probe_replicas, lease).
+type RedisTable struct {
+	store.RedisConfig
+	store.FleetConfig
 }
 
 // Service is one [[inputs.service_latency.service]] table.

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/influxdata/telegraf/config"
 	"github.com/influxdata/toml"
@@ -55,6 +56,11 @@ func Parse(data []byte) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cuts := splitServices(src); cuts != nil {
+		if f, err := parseFast(src, cuts); err == nil {
+			return f, nil
+		}
+	}
 	root, err := toml.Parse([]byte(src))
 	if err != nil {
 		return nil, errors.New(lineFirst(err, src))
@@ -64,18 +70,50 @@ func Parse(data []byte) (*File, error) {
 		return nil, err
 	}
 	f := &File{Config: Default(), table: tbl}
-	cfg := toml.Config{
-		NormFieldName: toml.DefaultConfig.NormFieldName,
-		FieldToKey:    toml.DefaultConfig.FieldToKey,
-		MissingField: func(typ reflect.Type, key string) error {
-			return fmt.Errorf("unknown key %q in %s", key, tableName(typ))
-		},
-	}
-	if err := cfg.UnmarshalTable(tbl, &f.Config); err != nil {
+	if err := decoder.UnmarshalTable(tbl, &f.Config); err != nil {
 		return nil, errors.New(lineFirst(err, src))
 	}
 	if err := unlinkedSecrets(&f.Config); err != nil {
 		return nil, f.Locate(err)
+	}
+	return f, nil
+}
+
+// decoder is the strict decoder: an unknown key is an error naming it.
+var decoder = &toml.Config{
+	NormFieldName: toml.DefaultConfig.NormFieldName,
+	FieldToKey:    toml.DefaultConfig.FieldToKey,
+	MissingField: func(typ reflect.Type, key string) error {
+		return fmt.Errorf("unknown key %q in %s", key, tableName(typ))
+	},
+}
+
+// parseFast is Parse for a file of many services (see fastload.go): any
+// error means "take the exact path", which gives the error.
+func parseFast(src string, cuts []int) (*File, error) {
+	tbl, svcTables, err := parseChunked(src, cuts)
+	if err != nil {
+		return nil, err
+	}
+	// The plugin table with its services, as one parse would give it.
+	full := *tbl
+	full.Fields = make(map[string]interface{}, len(tbl.Fields)+1)
+	for k, v := range tbl.Fields {
+		full.Fields[k] = v
+	}
+	full.Fields["service"] = svcTables
+	f := &File{Config: Default(), table: &full}
+	if err := decoder.UnmarshalTable(tbl, &f.Config); err != nil {
+		return nil, errSlow
+	}
+	f.Config.Services = make([]*Service, len(svcTables))
+	for i, t := range svcTables {
+		if f.Config.Services[i], err = decodeService(decoder, t); err != nil {
+			return nil, err
+		}
+	}
+	if err := unlinkedSecrets(&f.Config); err != nil {
+		return nil, errSlow
 	}
 	return f, nil
 }
@@ -138,7 +176,7 @@ func tableName(typ reflect.Type) string {
 		return "[[inputs.service_latency]]"
 	case reflect.TypeOf(Service{}):
 		return "[[inputs.service_latency.service]]"
-	case reflect.TypeOf(store.RedisConfig{}):
+	case reflect.TypeOf(store.RedisConfig{}), reflect.TypeOf(RedisTable{}):
 		return "[inputs.service_latency.redis]"
 	}
 	return "[" + typ.String() + "]"
@@ -303,22 +341,76 @@ func walkSecrets(v reflect.Value, path []string, fn func([]string, *config.Secre
 			}
 			return
 		}
-		for i := 0; i < v.NumField(); i++ {
-			sf := v.Type().Field(i)
-			if !sf.IsExported() {
+		for _, sf := range secretFields(v.Type()) {
+			if sf.anonymous {
+				walkSecrets(v.Field(sf.index), path, fn)
 				continue
 			}
-			if sf.Anonymous {
-				walkSecrets(v.Field(i), path, fn)
-				continue
-			}
-			key := tomlKey(v.Type(), sf)
-			if key == "-" {
-				continue
-			}
-			walkSecrets(v.Field(i), append(append([]string(nil), path...), key), fn)
+			walkSecrets(v.Field(sf.index), append(append([]string(nil), path...), sf.key), fn)
 		}
 	}
+}
+
+// secretField is a field of a struct that can hold a config.Secret.
+type secretField struct {
+	index     int
+	key       string
+	anonymous bool
+}
+
+var secretPlans sync.Map // reflect.Type → []secretField
+
+// secretFields lists, once per struct type, the exported fields (not
+// toml:"-") whose type can hold a config.Secret: walkSecrets visits only
+// those (100,000 services are 100,000 Service structs).
+func secretFields(t reflect.Type) []secretField {
+	if p, ok := secretPlans.Load(t); ok {
+		return p.([]secretField)
+	}
+	var plan []secretField
+	for i := 0; i < t.NumField(); i++ {
+		sf := t.Field(i)
+		if !sf.IsExported() || !canHoldSecret(sf.Type, map[reflect.Type]bool{}) {
+			continue
+		}
+		if sf.Anonymous {
+			plan = append(plan, secretField{index: i, anonymous: true})
+			continue
+		}
+		key := tomlKey(t, sf)
+		if key == "-" {
+			continue
+		}
+		plan = append(plan, secretField{index: i, key: key})
+	}
+	secretPlans.Store(t, plan)
+	return plan
+}
+
+// canHoldSecret: a value of type t can reach a config.Secret through
+// pointers, slices and struct fields (what walkSecrets follows). An
+// interface might hold anything.
+func canHoldSecret(t reflect.Type, seen map[reflect.Type]bool) bool {
+	if t == secretType {
+		return true
+	}
+	if seen[t] {
+		return false
+	}
+	seen[t] = true
+	switch t.Kind() {
+	case reflect.Interface:
+		return true
+	case reflect.Pointer, reflect.Slice:
+		return canHoldSecret(t.Elem(), seen)
+	case reflect.Struct:
+		for i := 0; i < t.NumField(); i++ {
+			if sf := t.Field(i); sf.IsExported() && canHoldSecret(sf.Type, seen) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // tomlKey is a struct field's toml key.

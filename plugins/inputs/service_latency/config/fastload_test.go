@@ -1,0 +1,145 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/influxdata/toml"
+	"github.com/influxdata/toml/ast"
+	"github.com/stretchr/testify/require"
+)
+
+// manyServices is a file with n services past the fast path's threshold;
+// service i's table is body(i).
+func manyServices(n int, head string, body func(i int) string) string {
+	var b strings.Builder
+	b.WriteString("[[inputs.service_latency]]\n" + head)
+	for i := range n {
+		b.WriteString("[[inputs.service_latency.service]]\n" + body(i))
+	}
+	return b.String()
+}
+
+// slowParse is Parse without the fast path.
+func slowParse(t *testing.T, src string) (*File, error) {
+	t.Helper()
+	root, err := toml.Parse([]byte(src))
+	if err != nil {
+		return nil, err
+	}
+	tbl, err := pluginTable(root)
+	require.NoError(t, err)
+	f := &File{Config: Default(), table: tbl}
+	if err := decoder.UnmarshalTable(tbl, &f.Config); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func TestFastParseEqualsOneParse(t *testing.T) {
+	n := 2*chunkServices*2 + 7
+	src := manyServices(n, "  timeout = \"3s\"\n  keep_alive = true\n  # [[inputs.service_latency.service]] in a comment\n", func(i int) string {
+		s := fmt.Sprintf("  name = \"svc-%d\"\n  url = \"http://127.0.0.1:80/%d\"\n", i, i)
+		switch i % 7 {
+		case 1:
+			s += "  tags = { team = \"a\", tier = \"1\" }\n"
+		case 2:
+			s += "  timeout = \"2s\"\n  window = 10\n  follow_redirects = false\n  max_body_size = \"2KiB\"\n"
+		case 3:
+			s += "  percentiles = [50, 99.9]\n  expected_status = [200, \"3xx\"]\n" // the library's own decoding
+		case 4:
+			s += "  body = \"\"\"\n[[inputs.service_latency.service]]\n\"\"\"\n  method = \"POST\"\n"
+		case 5:
+			s += "  headers = { X = \"[[inputs.service_latency.service]]\" }\n  [inputs.service_latency.service.tags]\n    k = 'v'\n"
+		case 6:
+			s += "  password = \"pw\"\n  username = \"u\"\n"
+		}
+		return s
+	})
+	cuts := splitServices(src)
+	require.Len(t, cuts, n, "the header inside the multi-line string is not a cut")
+	fast, err := parseFast(src, cuts)
+	require.NoError(t, err)
+	slow, err := slowParse(t, src)
+	require.NoError(t, err)
+	require.Len(t, fast.Config.Services, n)
+	for i := range fast.Config.Services {
+		a, b := *fast.Config.Services[i], *slow.Config.Services[i]
+		// Secrets are containers: compare what they hold.
+		for _, p := range [][2]*Service{{&a, &b}} {
+			for _, sec := range []string{"Username", "Password"} {
+				x := reflect.ValueOf(p[0]).Elem().FieldByName(sec).Addr().Interface().(interface{ Empty() bool })
+				y := reflect.ValueOf(p[1]).Elem().FieldByName(sec).Addr().Interface().(interface{ Empty() bool })
+				require.Equal(t, x.Empty(), y.Empty())
+			}
+		}
+		a.Username, a.Password, b.Username, b.Password = b.Username, b.Password, b.Username, b.Password
+		require.Equal(t, b, a, "service %d", i)
+	}
+	fast.Config.Services, slow.Config.Services = nil, nil
+	require.Equal(t, slow.Config, fast.Config)
+	// Lines: every service table and key where one parse puts them.
+	fs, ss := fast.table.Fields["service"].([]*ast.Table), slow.table.Fields["service"].([]*ast.Table)
+	for i := range fs {
+		require.Equal(t, ss[i].Line, fs[i].Line)
+		for k, v := range ss[i].Fields {
+			require.Equal(t, fieldLine(v), fieldLine(fs[i].Fields[k]), "service %d key %s", i, k)
+		}
+	}
+}
+
+// TestFastParseErrorsAreTheExactOnes: an error anywhere gives the message
+// and the line of one parse.
+func TestFastParseErrorsAreTheExactOnes(t *testing.T) {
+	n := 2*chunkServices + 300
+	body := func(bad int, what string) func(int) string {
+		return func(i int) string {
+			if i == bad {
+				return what
+			}
+			return fmt.Sprintf("  url = \"http://h/%d\"\n", i)
+		}
+	}
+	for name, src := range map[string]string{
+		"unknown key":    manyServices(n, "", body(n-3, "  url = \"http://x\"\n  nope = 1\n")),
+		"syntax":         manyServices(n, "", body(300, "  url = \"http://x\n")),
+		"wrong type":     manyServices(n, "", body(20, "  window = \"ten\"\n")),
+		"duplicate key":  manyServices(n, "", body(400, "  url = \"a\"\n  url = \"b\"\n")),
+		"second plugin":  manyServices(n, "", body(n-1, "  url = \"http://x\"\n[[inputs.service_latency]]\n")),
+		"unset env":      manyServices(n, "", body(500, "  url = \"http://${NOPE_NOT_SET_17}/\"\n")),
+		"secret store":   manyServices(n, "", body(501, "  url = \"http://x/\"\n  password = \"@{vault:pw}\"\n")),
+		"open multiline": manyServices(n, "", body(10, "  body = \"\"\"\n")),
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse([]byte(src))
+			require.Error(t, err)
+			// The exact path: the same file with the fast path's threshold out of reach.
+			old := strings.ReplaceAll(src, serviceHeader, "[[ inputs.service_latency.service ]]")
+			require.Nil(t, splitServices(old))
+			_, want := Parse([]byte(old))
+			require.Error(t, want)
+			require.Equal(t, strings.ReplaceAll(want.Error(), "[[ inputs.service_latency.service ]]", serviceHeader), err.Error())
+		})
+	}
+}
+
+// TestFastParseFallsBack: a table after the services (legal) is not the
+// fast path's shape; the exact path reads it.
+func TestFastParseFallsBack(t *testing.T) {
+	n := 2*chunkServices + 1
+	src := manyServices(n, "", func(i int) string {
+		s := fmt.Sprintf("  url = \"http://h/%d\"\n", i)
+		if i == n-1 {
+			s += "[inputs.service_latency.redis]\n  address = '127.0.0.1:6379'\n"
+		}
+		return s
+	})
+	_, err := parseFast(src, splitServices(src))
+	require.ErrorIs(t, err, errSlow)
+	f, err := Parse([]byte(src))
+	require.NoError(t, err)
+	require.Len(t, f.Config.Services, n)
+	require.NotNil(t, f.Config.Redis)
+}
