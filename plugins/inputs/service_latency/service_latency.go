@@ -15,7 +15,9 @@ package service_latency
 
 import (
 	"context"
+	"crypto/rand"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,6 +56,7 @@ type ServiceLatency struct {
 	collectInternal bool
 	engine          *engine.Engine
 	store           store.Store
+	fleet           *store.Fleet // probe_replicas > 0 with Redis
 	status          *status.Server
 	ctx             context.Context
 	cancel          context.CancelFunc
@@ -88,13 +91,35 @@ func (p *ServiceLatency) Init() error {
 	if err != nil {
 		return err
 	}
+	if spec.Store.Kind == "redis" && spec.Store.Fleet.Replicas > 0 && spec.Store.Redis.AgentID == "" {
+		// the store and the fleet must know the agent by the same id
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			spec.Close()
+			return err
+		}
+		spec.Store.Redis.AgentID = hex.EncodeToString(b[:])
+	}
 	st, err := openStore(spec.Store, p.Log)
 	if err != nil {
 		spec.Close()
 		return err
 	}
-	p.store = st
+	var fleet *store.Fleet
+	if spec.Store.Kind == "redis" && spec.Store.Fleet.Replicas > 0 {
+		fo := spec.Store.Fleet
+		fo.Log, fo.Version = p.Log, status.Version
+		if fleet, err = store.NewFleet(spec.Store.Redis, fo); err != nil {
+			_ = st.Close()
+			spec.Close()
+			return config.Nested("redis.", err)
+		}
+	}
+	p.store, p.fleet = st, fleet
 	p.engine = engine.New(st, p.Log)
+	if fleet != nil {
+		p.engine.SetOwnership(fleet)
+	}
 	p.engine.SetTargets(spec.Targets, spec.Engine)
 	p.collectInternal = spec.CollectInternal
 	p.status = status.New(spec.Status, p.Log)
@@ -142,6 +167,9 @@ func (p *ServiceLatency) Stop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.engine.Close()
+	if p.fleet != nil {
+		_ = p.fleet.Close() // gives up the lease: the others take its share at once
+	}
 	if err := p.store.Close(); err != nil {
 		p.Log.Errorf("closing the state store: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/influxdata/telegraf"
+	"github.com/influxdata/telegraf/config"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 
@@ -45,6 +46,20 @@ type FleetOptions struct {
 	// ownership hash does not depend on it).
 	Version string
 	Log     telegraf.Logger
+}
+
+// FleetConfig are the fleet's keys of the [inputs.service_latency.redis]
+// table.
+type FleetConfig struct {
+	ProbeReplicas int             `toml:"probe_replicas"`
+	Lease         config.Duration `toml:"lease"`
+}
+
+// Options validates the keys; errors are *keyerr.Error naming the key in
+// the redis table.
+func (c *FleetConfig) Options() (FleetOptions, error) {
+	o := FleetOptions{Replicas: c.ProbeReplicas, Lease: time.Duration(c.Lease)}
+	return o, o.Check()
 }
 
 // Check validates the options; errors name the key in the redis table.

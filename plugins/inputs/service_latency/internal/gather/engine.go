@@ -48,8 +48,9 @@ type Engine struct {
 }
 
 // Ownership decides, at the start of every gather, which services this
-// agent probes (store.Fleet). interval is the gather cadence observed so
-// far (0: not known yet), which the agent advertises in its lease.
+// agent probes (store.Fleet). interval is the longest of the last gaps
+// between gathers (0: not known yet), which the agent advertises in its
+// lease: the longest, so that a late gather does not let the lease lapse.
 type Ownership interface {
 	Renew(ctx context.Context, interval time.Duration) *store.Share
 }
@@ -142,7 +143,7 @@ func (e *Engine) Gather(ctx context.Context, now time.Time, emit func(*Service))
 	cadence := e.noteStart(now)
 	var share *store.Share // nil: every service
 	if e.owner != nil {
-		share = e.owner.Renew(ctx, cadence)
+		share = e.owner.Renew(ctx, e.longestGap())
 	}
 	due := make([]*Target, 0, len(e.targets))
 	owned := 0

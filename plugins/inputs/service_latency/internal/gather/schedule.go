@@ -62,6 +62,16 @@ func (e *Engine) noteStart(now time.Time) time.Duration {
 	return c
 }
 
+// longestGap is the longest interval between the last gather starts (0
+// while fewer than two).
+func (e *Engine) longestGap() time.Duration {
+	var g time.Duration
+	for i := 1; i < len(e.starts); i++ {
+		g = max(g, e.starts[i].Sub(e.starts[i-1]))
+	}
+	return g
+}
+
 // spread is this gather's spread: the configured one, or with "auto"
 // max(0, 0.9 × cadence − the largest round timeout of the due targets),
 // 0 while the cadence is unknown.

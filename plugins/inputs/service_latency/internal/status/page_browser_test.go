@@ -31,7 +31,14 @@ func TestPageBrowser10k(t *testing.T) {
 	t.Logf("10,000 services: the first page of rows is drawn %s after the navigation started", load.Round(time.Millisecond))
 	t.Logf("in the page: %s", browsertest.Eval[string](t, ctx, `(() => { const n = performance.getEntriesByType('navigation')[0], a = performance.getEntriesByType('resource').find(e => e.name.includes('/api/services'));
 		return 'html ' + n.responseEnd.toFixed(0) + ' ms, script run ' + n.domContentLoadedEventEnd.toFixed(0) + ' ms, /api/services fetched ' + a.responseEnd.toFixed(0) + ' ms (' + a.transferSize + ' B), rows drawn ' + (window.firstDrawn||0).toFixed(0) + ' ms'; })()`))
-	require.Less(t, load, 2*time.Second)
+	// The 2 s promise is measured without the race detector (make test
+	// runs this test once more without it); under -race the server side
+	// is several times slower.
+	limit := 2 * time.Second
+	if raceEnabled {
+		limit = 6 * time.Second
+	}
+	require.Less(t, load, limit)
 
 	// worst first: the down ones (every 10th, ranked by consecutive
 	// failures then latency)
