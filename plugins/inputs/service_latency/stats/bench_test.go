@@ -96,3 +96,29 @@ func BenchmarkStateHeap(b *testing.B) {
 	}
 	b.ReportMetric(perState, "B/state")
 }
+
+// BenchmarkLifetimePercentiles is the lifetime part of Snapshot alone:
+// the sketch asked percentile by percentile (what Snapshot did before,
+// one walk of the bins each) against the one walk for all of them.
+func BenchmarkLifetimePercentiles(b *testing.B) {
+	p := benchParams
+	s, _ := warmState(1, 10_000, p)
+	ps := []float64{50, 90, 95, 99}
+	var snap Snapshot
+	s.Snapshot(ps, &snap)
+	b.Run("per-percentile", func(b *testing.B) {
+		for b.Loop() {
+			snap.Lifetime = snap.Lifetime[:0]
+			for _, pc := range ps {
+				v, _ := s.Sketch.GetValueAtQuantile(pc / 100)
+				snap.Lifetime = append(snap.Lifetime, min(max(v, s.Min), s.Max))
+			}
+		}
+	})
+	b.Run("one-pass", func(b *testing.B) {
+		for b.Loop() {
+			snap.Lifetime = snap.Lifetime[:0]
+			s.lifetimeOnePass(ps, &snap)
+		}
+	})
+}

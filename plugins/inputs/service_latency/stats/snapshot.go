@@ -2,7 +2,11 @@ package stats
 
 import (
 	"math"
+	"reflect"
 	"slices"
+	"unsafe"
+
+	"github.com/DataDog/sketches-go/ddsketch/store"
 )
 
 // Snapshot is the set of statistics derived from a State at one instant.
@@ -45,6 +49,8 @@ type Snapshot struct {
 	Cumulative []int64
 
 	scratch []float64 // sort buffer, reused
+	ranks   []float64 // lifetimeOnePass: each percentile's rank in the positive bins
+	order   []int     // lifetimeOnePass: the percentiles by ascending rank
 }
 
 // Snapshot fills dst with the statistics of s for the given percentiles
@@ -121,14 +127,16 @@ func (s *State) Snapshot(percentiles []float64, dst *Snapshot) {
 	// Lifetime percentiles from the sketch.
 	dst.Lifetime = dst.Lifetime[:0]
 	if s.Count > 0 && s.Sketch != nil && !s.Sketch.IsEmpty() {
-		for _, p := range percentiles {
-			v, err := s.Sketch.GetValueAtQuantile(min(max(p, 0), 100) / 100)
-			if err != nil { // only for a NaN percentile
-				v = math.NaN()
-			} else {
-				v = min(max(v, s.Min), s.Max)
+		if !s.lifetimeOnePass(percentiles, dst) {
+			for _, p := range percentiles {
+				v, err := s.Sketch.GetValueAtQuantile(min(max(p, 0), 100) / 100)
+				if err != nil { // only for a NaN percentile
+					v = math.NaN()
+				} else {
+					v = min(max(v, s.Min), s.Max)
+				}
+				dst.Lifetime = append(dst.Lifetime, v)
 			}
-			dst.Lifetime = append(dst.Lifetime, v)
 		}
 	}
 
@@ -166,4 +174,112 @@ func PercentileR7(sorted []float64, p float64) float64 {
 	// The explicit conversion forbids a fused multiply-add, so the result
 	// is bit-identical on every architecture.
 	return sorted[i] + float64((h-lo)*(sorted[i+1]-sorted[i]))
+}
+
+// lifetimeOnePass appends to dst.Lifetime what GetValueAtQuantile gives
+// for each percentile (clamped to [Min, Max]), walking the sketch's bins
+// once for all of them instead of once per percentile: the ranks are
+// sorted and each is resolved when the running count first exceeds it,
+// the same float operations in the same order as the sketch's
+// KeyAtRank. It returns false, having appended nothing, for a sketch
+// with negative values (never made by Observe), which the caller asks
+// percentile by percentile.
+func (s *State) lifetimeOnePass(percentiles []float64, dst *Snapshot) bool {
+	sk := s.Sketch
+	neg := sk.GetNegativeValueStore()
+	if !neg.IsEmpty() {
+		return false
+	}
+	pos := sk.GetPositiveValueStore()
+	count := sk.GetCount()
+	zero := sk.GetZeroCount()
+	negCount := neg.TotalCount()
+	ranks, order := dst.ranks[:0], dst.order[:0]
+	for i, p := range percentiles {
+		q := min(max(p, 0), 100) / 100
+		rank := float64(q * (count - 1))
+		r := rank - zero - negCount
+		if rank < zero+negCount {
+			r = math.Inf(-1) // the zero bucket
+		} else if r < 0 {
+			r = 0
+		}
+		if math.IsNaN(r) {
+			r = math.Inf(1) // no count exceeds it: the last bin, as KeyAtRank
+		}
+		ranks = append(ranks, r)
+		// Insertion sort by rank (a handful of percentiles).
+		order = append(order, i)
+		for k := len(order) - 1; k > 0 && ranks[order[k-1]] > r; k-- {
+			order[k-1], order[k] = order[k], order[k-1]
+		}
+	}
+	dst.ranks, dst.order = ranks, order
+	for range percentiles {
+		dst.Lifetime = append(dst.Lifetime, 0)
+	}
+	next := 0
+	for next < len(order) && math.IsInf(ranks[order[next]], -1) {
+		dst.Lifetime[order[next]] = min(max(0, s.Min), s.Max)
+		next++
+	}
+	if next < len(order) {
+		bins, offset, ok := denseBins(pos)
+		if !ok {
+			dst.Lifetime = dst.Lifetime[:0]
+			return false
+		}
+		var n float64
+		for i, b := range bins {
+			n += b
+			for next < len(order) && n > ranks[order[next]] {
+				dst.Lifetime[order[next]] = min(max(sk.Value(i+offset), s.Min), s.Max)
+				next++
+			}
+			if next == len(order) {
+				break
+			}
+		}
+		if next < len(order) {
+			// KeyAtRank's answer when no count exceeds the rank.
+			v := min(max(sk.Value(pos.KeyAtRank(math.Inf(1))), s.Min), s.Max)
+			for ; next < len(order); next++ {
+				dst.Lifetime[order[next]] = v
+			}
+		}
+	}
+	return true
+}
+
+// denseLayout locates the bins and the offset of the sketch's store
+// (store.DenseStore, embedded in store.CollapsingLowestDenseStore), whose
+// fields the package does not export: read by reflection once, used with
+// unsafe by denseBins. If the layout is not the one expected (another
+// version of the module), ok is false and Snapshot asks the sketch
+// percentile by percentile, as before.
+var denseLayout = func() (l struct {
+	dense, bins, offset uintptr
+	ok                  bool
+}) {
+	c := reflect.TypeOf(store.CollapsingLowestDenseStore{})
+	d, ok1 := c.FieldByName("DenseStore")
+	t := reflect.TypeOf(store.DenseStore{})
+	b, ok2 := t.FieldByName("bins")
+	o, ok3 := t.FieldByName("offset")
+	l.ok = ok1 && ok2 && ok3 && d.Anonymous && d.Type == t && len(d.Index) == 1 &&
+		b.Type == reflect.TypeOf([]float64(nil)) && o.Type == reflect.TypeOf(int(0))
+	l.dense, l.bins, l.offset = d.Offset, b.Offset, o.Offset
+	return l
+}()
+
+// denseBins returns the bins of a sketch store and the index of bins[0]:
+// bins[i] counts the values of index i+offset, as DenseStore.KeyAtRank
+// reads them.
+func denseBins(st store.Store) (bins []float64, offset int, ok bool) {
+	cs, isDense := st.(*store.CollapsingLowestDenseStore)
+	if !isDense || !denseLayout.ok {
+		return nil, 0, false
+	}
+	p := unsafe.Add(unsafe.Pointer(cs), denseLayout.dense)
+	return *(*[]float64)(unsafe.Add(p, denseLayout.bins)), *(*int)(unsafe.Add(p, denseLayout.offset)), true
 }
