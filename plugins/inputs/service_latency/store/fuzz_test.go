@@ -159,7 +159,7 @@ func FuzzRedisState(f *testing.F) {
 		decode := func(st *stats.State) error {
 			var raw interface{}
 			_ = json.Unmarshal(reply, &raw)
-			_, _, _, _, err := decodeReply(fuzzReply(raw), st, p)
+			_, err := decodeReply(fuzzReply(raw), st, p)
 			return err
 		}
 		st := stats.NewState(p)

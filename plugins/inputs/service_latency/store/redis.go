@@ -87,19 +87,30 @@ type RedisOptions struct {
 // uses the same Redis and key prefix: each agent's observations are merged
 // into one state per service, and every agent emits that merged state.
 //
-// Per service, four keys share the hash tag {service} (one Redis Cluster
-// slot; the name is escaped so that it holds no brace):
+// Per service, two keys share the hash tag {service} (one Redis Cluster
+// slot; the name is escaped so that it holds no brace), layout 2:
 //
-//	<prefix>:{<service>}:stats   hash  counters, Welford mean/m2, min, max,
-//	                                   EWMA and its time, last success and
-//	                                   failure, sketch mapping id, histogram
-//	                                   bounds and bucket counts
-//	<prefix>:{<service>}:window  list  the last probes, newest first
-//	                                   (latency in seconds, "f" = failed)
-//	<prefix>:{<service>}:sketch  hash  DDSketch bins: index -> count
-//	                                   ("z": zero latency)
-//	<prefix>:{<service>}:agents  hash  agent id -> last applied sequence
-//	                                   number and when
+//	<prefix>:{<service>}:state  hash  "s": the scalar state, packed
+//	                                  (MessagePack: counters, Welford
+//	                                  mean/m2, min, max, EWMA and its time,
+//	                                  last success and failure, the verdict,
+//	                                  histogram bounds and buckets);
+//	                                  "a:<agent>": last applied sequence
+//	                                  number and when; "b<index>" / "bz":
+//	                                  DDSketch bin counts
+//	<prefix>:{<service>}:win    list  the last probes, newest first
+//	                                  (latency in seconds, "f" = failed)
+//
+// The previous layout (stats, window, sketch and agents keys) is read
+// once, when a service has no state key yet, and migrated (then deleted).
+//
+// The script writes only what changed (the pushed probes, the bins they
+// fall in, the packed state, this agent's record; the TTL at most every
+// 1 % of it) and returns the packed state plus, when this agent's local
+// state is the merged state as of its previous write, only the probes
+// written since (the agent pushes them into its window and sketch);
+// otherwise, and every fullReadEvery-th write, the whole window and
+// sketch, validated.
 //
 // One Lua script call per service per Update merges the observations
 // atomically and returns the merged state. The calls go in chunks of
@@ -135,6 +146,9 @@ type Redis struct {
 	queue      []pending
 	local      map[string]*stats.State
 	forceReset map[string]bool
+	// synced: the services whose local state is the merged state as of
+	// this agent's last write (the script then returns only what changed).
+	synced     map[string]*syncState
 	thresholds map[string]string // bucket thresholds by bounds
 	scratch    []float64         // the local verdict's sort buffer
 	down       bool
@@ -148,6 +162,25 @@ type Redis struct {
 	slow        atomic.Int64
 	unreachable atomic.Bool
 }
+
+// syncState says which merged state an agent's local state is: the
+// generation and probes count of the state in Redis and the agent's
+// sequence record it was returned with, for the Params it was decoded with.
+type syncState struct {
+	gen    string
+	probes int64
+	record string
+	window int
+	bounds string
+	// writes counts the writes since the last full read: every
+	// fullReadEvery-th write reads (and validates) the whole state again.
+	writes int
+}
+
+// fullReadEvery: a service's every 32nd write reads the whole state, so
+// that a corrupted sketch bin or window entry the increments do not touch
+// is found and rewritten (at ~1/32 of a full read's cost per write).
+const fullReadEvery = 32
 
 // pending is one observation not yet confirmed by Redis.
 type pending struct {
@@ -237,6 +270,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		seq:        time.Now().UnixMicro(),
 		local:      make(map[string]*stats.State),
 		forceReset: make(map[string]bool),
+		synced:     make(map[string]*syncState),
 		thresholds: make(map[string]string),
 	}, nil
 }
@@ -267,9 +301,12 @@ func (r *Redis) Health() Health {
 // keys returns the Redis keys of a service's state.
 func (r *Redis) keys(service string) []string { return redisKeys(r.opts.KeyPrefix, service) }
 
+// redisKeys returns a service's keys: the state hash and the window list
+// (layout 2), then the keys of the previous layout (1), which the script
+// migrates and deletes.
 func redisKeys(prefix, service string) []string {
 	base := prefix + ":{" + escapeTag(service) + "}:"
-	return []string{base + "stats", base + "window", base + "sketch", base + "agents"}
+	return []string{base + "state", base + "win", base + "stats", base + "window", base + "sketch", base + "agents"}
 }
 
 var tagEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
@@ -391,7 +428,9 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 			res[i] = Entry{State: b.out.state, Warning: b.out.warn, Before: b.out.before}
 			continue
 		}
-		// Degraded: the agent's own view (last merged state + own probes).
+		// Degraded: the agent's own view (last merged state + own probes),
+		// no longer the merged state of any write.
+		delete(r.synced, o.Service)
 		st := r.local[o.Service]
 		if st != nil {
 			st.Resize(o.Params)
@@ -787,7 +826,7 @@ func (r *Redis) args(b *batch) []interface{} {
 	default:
 		stat = strconv.FormatFloat(v.Statistic.Percentile, 'g', -1, 64)
 	}
-	args := make([]interface{}, 0, 15+7*len(b.entries))
+	args := make([]interface{}, 0, 18+7*len(b.entries))
 	args = append(args,
 		r.opts.AgentID,
 		r.mapping,
@@ -803,8 +842,13 @@ func (r *Redis) args(b *batch) []interface{} {
 		strconv.Itoa(v.SuccessThreshold),
 		strconv.FormatFloat(max(v.DegradedLatency, 0), 'g', -1, 64),
 		stat,
-		strconv.Itoa(len(b.entries)),
 	)
+	if sy := r.syncFor(b); sy != nil {
+		args = append(args, sy.gen, strconv.FormatInt(sy.probes, 10), sy.record)
+	} else {
+		args = append(args, "", "-1", "")
+	}
+	args = append(args, strconv.Itoa(len(b.entries)))
 	m := stats.SketchMapping()
 	for _, e := range b.entries {
 		ok := e.ok && !math.IsNaN(e.latency) && !math.IsInf(e.latency, 0)
@@ -828,7 +872,24 @@ func (r *Redis) args(b *batch) []interface{} {
 	return args
 }
 
+// syncFor returns what the agent's local state of the batch's service is a
+// copy of, when the script may send only what changed since: the batch is
+// decoded into that local state with the same window and bounds.
+func (r *Redis) syncFor(b *batch) *syncState {
+	sy := r.synced[b.service]
+	if sy == nil || !b.observed || r.local[b.service] == nil || r.forceReset[b.service] {
+		return nil
+	}
+	if sy.window != b.params.Window || sy.bounds != formatBounds(b.params.Buckets) || sy.writes%fullReadEvery == fullReadEvery-1 {
+		return nil
+	}
+	return sy
+}
+
 func formatBounds(bs []float64) string {
+	if len(bs) == 0 {
+		return ""
+	}
 	parts := make([]string, len(bs))
 	for i, b := range bs {
 		parts[i] = strconv.FormatFloat(b, 'g', -1, 64)
@@ -867,6 +928,8 @@ func (r *Redis) bucketThresholds(key string, bounds []float64) string {
 // kept as the agent's local state.
 func (r *Redis) decodeCallResult(b *batch, v interface{}) *callResult {
 	delete(r.forceReset, b.service)
+	sy := r.synced[b.service]
+	delete(r.synced, b.service)
 	// The merged state becomes the agent's local state when it holds this
 	// Update's observation. A replay-only call (the service's newer
 	// observations are still queued) must not replace it: the local state
@@ -882,7 +945,7 @@ func (r *Redis) decodeCallResult(b *batch, v interface{}) *callResult {
 		st = stats.NewState(b.params)
 	}
 	keys := r.keys(b.service)
-	status, key, reason, before, err := decodeReply(v, st, b.params)
+	rep, err := decodeReply(v, st, b.params)
 	if err != nil {
 		// The reply does not make a valid state although the script
 		// accepted it: rewrite the service's keys at the next write and
@@ -893,9 +956,16 @@ func (r *Redis) decodeCallResult(b *batch, v interface{}) *callResult {
 		}
 		return &callResult{err: fmt.Errorf("state of service %q in Redis (%s) is malformed: %w", b.service, keys[0], err)}
 	}
-	out := &callResult{state: st, before: before}
-	if status == "reset" {
-		out.warn = fmt.Errorf("state of service %q in Redis is malformed (key %s: %s): its keys were rewritten, starting over from the current sample", b.service, key, reason)
+	if b.observed && rep.record != "" {
+		next := &syncState{gen: rep.gen, probes: st.Probes, record: rep.record, window: b.params.Window, bounds: formatBounds(b.params.Buckets)}
+		if rep.delta && sy != nil {
+			next.writes = sy.writes + 1
+		}
+		r.synced[b.service] = next
+	}
+	out := &callResult{state: st, before: rep.before}
+	if rep.status == "reset" {
+		out.warn = fmt.Errorf("state of service %q in Redis is malformed (key %s: %s): its keys were rewritten, starting over from the current sample", b.service, rep.key, rep.reason)
 		if !b.observed { // nobody else would log it
 			r.opts.Log.Warn(out.warn.Error())
 		}
@@ -903,112 +973,214 @@ func (r *Redis) decodeCallResult(b *batch, v interface{}) *callResult {
 	return out
 }
 
-// decodeReply fills st (reusing its storage) from a script reply and
-// validates it for p; before is the verdict before the batch's last round.
-func decodeReply(v interface{}, st *stats.State, p stats.Params) (status, key, reason string, before stats.Verdict, err error) {
+// scriptReply is what decodeReply makes of a script reply besides the
+// state.
+type scriptReply struct {
+	status, key, reason string
+	before              stats.Verdict // the verdict before the batch's last round
+	gen                 string        // the state's generation in Redis
+	record              string        // the agent's sequence record ("" = none)
+	delta               bool          // only the probes since the agent's copy were sent
+}
+
+// decodeReply fills st from a script reply and validates it for p. A full
+// reply replaces st's contents (reusing its storage); a delta reply ("d")
+// is applied to st, which must then be the merged state as of the agent's
+// previous write (the script only sends one when the agent said so).
+func decodeReply(v interface{}, st *stats.State, p stats.Params) (rep scriptReply, err error) {
 	arr, ok := v.([]interface{})
-	if !ok || len(arr) != 10 {
-		return "", "", "", before, fmt.Errorf("unexpected script reply %T", v)
+	if !ok || len(arr) != 9 {
+		return rep, fmt.Errorf("unexpected script reply %T", v)
 	}
 	str := func(x interface{}) string { s, _ := x.(string); return s }
 	list := func(x interface{}) []interface{} { l, _ := x.([]interface{}); return l }
-	status, key, reason = str(arr[0]), str(arr[1]), str(arr[2])
-	sc := list(arr[4])
-	if len(sc) != 12 {
-		return status, key, reason, before, fmt.Errorf("reply holds %d scalars", len(sc))
+	rep.status, rep.key, rep.reason = str(arr[0]), str(arr[1]), str(arr[2])
+	rep.record = str(arr[5])
+	switch str(arr[6]) {
+	case "d":
+		rep.delta = true
+	case "f":
+	default:
+		return rep, fmt.Errorf("reply mode %q", str(arr[6]))
+	}
+	raw, err := mpDecode([]byte(str(arr[3])))
+	if err != nil {
+		return rep, fmt.Errorf("state: %w", err)
+	}
+	sc, _ := raw.([]interface{})
+	if len(sc) != 28 {
+		return rep, fmt.Errorf("state holds %d fields", len(sc))
 	}
 	var perr error
-	i64 := func(x interface{}) int64 {
-		n, err := strconv.ParseInt(str(x), 10, 64)
-		if err != nil && perr == nil {
-			perr = err
+	fail := func(format string, a ...interface{}) {
+		if perr == nil {
+			perr = fmt.Errorf(format, a...)
+		}
+	}
+	f64 := func(i int) float64 {
+		switch x := sc[i].(type) {
+		case int64:
+			return float64(x)
+		case float64:
+			return x
+		}
+		fail("state field %d is %T", i+1, sc[i])
+		return 0
+	}
+	i64 := func(i int) int64 {
+		x, ok := sc[i].(int64)
+		if !ok {
+			fail("state field %d is %T", i+1, sc[i])
+		}
+		return x
+	}
+	ns := func(i int) int64 {
+		n, err := strconv.ParseInt(str(sc[i]), 10, 64)
+		if err != nil {
+			fail("state field %d: %v", i+1, err)
 		}
 		return n
 	}
-	f64 := func(x interface{}) float64 {
-		n, err := strconv.ParseFloat(str(x), 64)
-		if err != nil && perr == nil {
-			perr = err
-		}
-		return n
+	if i64(0) != 2 {
+		fail("state layout %v", sc[0])
 	}
-	st.Count, st.Mean, st.M2, st.Min, st.Max = i64(sc[0]), f64(sc[1]), f64(sc[2]), f64(sc[3]), f64(sc[4])
-	st.EWMA, st.EWMAAt = f64(sc[5]), i64(sc[6])
-	st.Probes, st.Failures, st.ConsecutiveFailures = i64(sc[7]), i64(sc[8]), i64(sc[9])
-	st.LastSuccess, st.LastFailure = i64(sc[10]), i64(sc[11])
-	verdict := func(x interface{}) stats.Verdict {
-		l := list(x)
-		if len(l) != 6 {
-			if perr == nil {
-				perr = fmt.Errorf("reply holds a verdict of %d fields", len(l))
-			}
-			return stats.Verdict{}
-		}
-		code := i64(l[0])
+	if str(sc[1]) != mappingID {
+		fail("sketch mapping %q", str(sc[1]))
+	}
+	rep.gen = str(sc[2])
+	st.Count, st.Mean, st.M2, st.Min, st.Max = i64(3), f64(4), f64(5), f64(6), f64(7)
+	st.EWMA, st.EWMAAt = f64(8), ns(9)
+	st.Probes, st.Failures, st.ConsecutiveFailures = i64(10), i64(11), i64(12)
+	st.LastSuccess, st.LastFailure = ns(13), ns(14)
+	verdict := func(code, since, failed, ok, slow, good int64) stats.Verdict {
 		if code < 0 || code > int64(stats.MaxStatus) {
 			code = int64(stats.MaxStatus) + 1 // Validate refuses it
 		}
-		return stats.Verdict{Status: stats.Status(code), Since: i64(l[1]), Failed: i64(l[2]), OK: i64(l[3]), Slow: i64(l[4]), Good: i64(l[5])}
+		return stats.Verdict{Status: stats.Status(code), Since: since, Failed: failed, OK: ok, Slow: slow, Good: good}
 	}
-	st.Verdict = verdict(arr[8])
-	before = verdict(arr[9])
+	st.Verdict = verdict(i64(15), ns(16), i64(17), i64(18), i64(19), i64(20))
+	rep.before = st.Verdict
+	if b := str(arr[4]); b != "" {
+		bv, err := mpDecode([]byte(b))
+		l, _ := bv.([]interface{})
+		if err != nil || len(l) != 6 {
+			return rep, fmt.Errorf("verdict before the round: %v", cmp.Or(err, errors.New("not 6 fields")))
+		}
+		sc = l // the same field decoders
+		rep.before = verdict(i64(0), ns(1), i64(2), i64(3), i64(4), i64(5))
+		sc = nil
+	}
+	if perr != nil {
+		return rep, perr
+	}
 
-	win := list(arr[6])
-	if cap(st.Ring) < p.Window {
-		st.Ring = make([]float64, 0, p.Window)
-	}
-	st.Ring = st.Ring[:0]
-	for j := len(win) - 1; j >= 0; j-- { // newest first in Redis
-		s := str(win[j])
+	probes := list(arr[7])
+	parse := func(x interface{}) (float64, error) {
+		s := str(x)
 		if s == "f" {
-			st.Ring = append(st.Ring, math.NaN())
-		} else {
-			st.Ring = append(st.Ring, f64(s))
+			return math.NaN(), nil
 		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil || !(f >= 0) || math.IsInf(f, 0) {
+			return 0, fmt.Errorf("window entry %q", s)
+		}
+		return f, nil
 	}
-	st.RingPos = 0
-
-	if st.Sketch == nil {
-		st.Sketch = stats.NewSketch()
+	if rep.delta {
+		// The probes since the agent's copy, newest first: into its
+		// window, and the successes into its sketch.
+		if st.Sketch == nil || len(st.Ring) > p.Window {
+			return rep, errors.New("a delta reply without the state it applies to")
+		}
+		m := stats.SketchMapping()
+		pos := st.Sketch.GetPositiveValueStore()
+		for j := len(probes) - 1; j >= 0; j-- {
+			x, err := parse(probes[j])
+			if err != nil {
+				return rep, err
+			}
+			pushRing(st, x, p.Window)
+			switch {
+			case math.IsNaN(x):
+			case x > m.MinIndexableValue():
+				pos.Add(m.Index(x))
+			default:
+				_ = st.Sketch.AddWithCount(0, 1)
+			}
+		}
 	} else {
-		st.Sketch.Clear()
-	}
-	bins := list(arr[7])
-	pos := st.Sketch.GetPositiveValueStore()
-	for j := 0; j+1 < len(bins); j += 2 {
-		f, c := str(bins[j]), f64(bins[j+1])
-		if !(c >= 0) || math.IsInf(c, 0) {
-			return status, key, reason, before, fmt.Errorf("sketch bin %s count %v", f, c)
+		if cap(st.Ring) < p.Window {
+			st.Ring = make([]float64, 0, p.Window)
 		}
-		if f == "z" {
-			_ = st.Sketch.AddWithCount(0, c)
-			continue
+		st.Ring = st.Ring[:0]
+		st.RingPos = 0
+		for j := min(len(probes), p.Window) - 1; j >= 0; j-- { // newest first in Redis
+			x, err := parse(probes[j])
+			if err != nil {
+				return rep, err
+			}
+			st.Ring = append(st.Ring, x)
 		}
-		idx, err := strconv.Atoi(f)
-		if err != nil || idx < math.MinInt32 || idx > math.MaxInt32 {
-			return status, key, reason, before, fmt.Errorf("sketch bin %q", f)
+		if st.Sketch == nil {
+			st.Sketch = stats.NewSketch()
+		} else {
+			st.Sketch.Clear()
 		}
-		pos.AddWithCount(idx, c)
+		bins := list(arr[8])
+		pos := st.Sketch.GetPositiveValueStore()
+		for j := 0; j+1 < len(bins); j += 2 {
+			f := str(bins[j])
+			c, err := strconv.ParseFloat(str(bins[j+1]), 64)
+			if err != nil || !(c >= 0) || math.IsInf(c, 0) {
+				return rep, fmt.Errorf("sketch bin %s count %q", f, str(bins[j+1]))
+			}
+			if f == "z" {
+				_ = st.Sketch.AddWithCount(0, c)
+				continue
+			}
+			idx, err := strconv.Atoi(f)
+			if err != nil || idx < math.MinInt32 || idx > math.MaxInt32 {
+				return rep, fmt.Errorf("sketch bin %q", f)
+			}
+			pos.AddWithCount(idx, c)
+		}
 	}
 
-	bk := list(arr[5])
+	bk, _ := sc28(raw)[22].([]interface{})
 	switch n := len(p.Buckets); {
 	case n == 0:
 		st.Buckets = nil
-	case len(bk) == n+1:
+	case str(sc28(raw)[21]) == formatBounds(p.Buckets) && len(bk) == n+1:
 		if len(st.Buckets) != n+1 {
 			st.Buckets = make([]int64, n+1)
 		}
 		for j := range bk {
-			st.Buckets[j] = i64(bk[j])
+			c, ok := bk[j].(int64)
+			if !ok {
+				return rep, fmt.Errorf("bucket %d is %T", j+1, bk[j])
+			}
+			st.Buckets[j] = c
 		}
 	default: // nothing applied by this call and the stored bounds differ
 		st.RebuildBuckets(p)
 	}
-	if perr != nil {
-		return status, key, reason, before, perr
+	return rep, st.Validate(p)
+}
+
+func sc28(raw interface{}) []interface{} { l, _ := raw.([]interface{}); return l }
+
+// pushRing appends one probe (NaN: failed) to the window of size w, as
+// stats.State.Observe does.
+func pushRing(st *stats.State, x float64, w int) {
+	if w <= 0 {
+		return
 	}
-	return status, key, reason, before, st.Validate(p)
+	if len(st.Ring) < w {
+		st.Ring = append(st.Ring, x)
+		return
+	}
+	st.Ring[st.RingPos] = x
+	st.RingPos = (st.RingPos + 1) % len(st.Ring)
 }
 
 // Retain implements Store: it forgets the local state and the queued
@@ -1021,6 +1193,7 @@ func (r *Redis) Retain(keep func(string) bool) {
 		if !keep(name) {
 			delete(r.local, name)
 			delete(r.forceReset, name)
+			delete(r.synced, name)
 		}
 	}
 	q := r.queue[:0]

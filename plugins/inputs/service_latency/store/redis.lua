@@ -1,14 +1,16 @@
 -- service_latency: merge a batch of observations of one service into its
--- shared state, atomically, and return the merged state.
+-- shared state, atomically, and return what the agent needs to emit the
+-- merged state (layout 2).
 --
 -- KEYS (one hash tag per service, so they share a Redis Cluster slot):
---   1 stats  hash  v, sk, count, mean, m2, min, max, ewma, ewma_at, probes,
---                  failures, consec, last_ok, last_fail, bounds, h1..hN,
---                  and the verdict: vs (status code), vsince (ns), vf, vok,
---                  vslow, vgood (runs of rounds); absent = unknown, no round
+--   1 state  hash  "s" -> the scalar state, one MessagePack array (see
+--                  BLOB below); "a:<agent id>" -> "<last applied seq>:<unix
+--                  seconds>" (idempotence); "b<bin index>" / "bz" -> DDSketch
+--                  bin count (integer, HINCRBY)
 --   2 window list  the last probes, newest first: a latency or "f" (failed)
---   3 sketch hash  DDSketch bins: bin index -> count, "z" -> zero count
---   4 agents hash  agent id -> "<last applied seq>:<unix seconds>"
+--   3..6  the previous layout (1): stats hash, window list, sketch hash,
+--         agents hash; read once when the state key does not exist yet,
+--         migrated into 1 and 2, and deleted
 -- ARGV:
 --   1 agent id          2 sketch mapping id   3 window
 --   4 EWMA tau (s)      5 ttl (ms, 0 = none)  6 histogram bounds ("" = none)
@@ -17,24 +19,48 @@
 --     is <= the bound, comma separated (used to rebuild the buckets from the
 --     sketch when the stored bounds differ)
 --   9 force reset ("1": discard the stored state first)
---   10 now, unix seconds (agent record pruning)
+--   10 now, unix seconds (agent record pruning, TTL refresh)
 --   11 failure_threshold  12 success_threshold
 --   13 degraded_latency (s, "0" = no objective)
 --   14 degraded_statistic: "ewma", "avg" or a window percentile ("95")
---   15 number of observations, then 7 per observation, oldest first:
+--   15 the agent's copy: generation ("" = none: send the full state),
+--   16 its probes count, 17 the agent's sequence record it was returned with
+--   18 number of observations, then 7 per observation, oldest first:
 --      seq, time (unix ns, decimal), ok ("1"/"0"), latency (s), sketch bin
 --      (index or "z"), bucket (1-based, "" = none), round ("" = not the
 --      last observation of a round; "1"/"0" = it ends a round whose result
 --      is success / not)
--- Nothing is written before the stored state has been validated: a script
--- error must not leave a half-applied batch. A malformed state is deleted
--- and rebuilt from the batch ("reset"). An observation whose seq is not
--- above the agent's last applied one was applied before and is skipped.
 --
--- Returns {status, key, reason, applied, scalars, buckets, window, bins}
--- with every number as a string (Lua numbers are doubles; Redis would
--- truncate a returned number to an integer), then the verdict after the
--- batch and before its last round: {vs, vsince, vf, vok, vslow, vgood} each.
+-- BLOB (MessagePack array; numbers exact: integers, float32 only when the
+-- double is one, else float64; nanosecond times as decimal strings):
+--   1 layout 2, 2 sketch mapping, 3 generation, 4 count, 5 mean, 6 m2,
+--   7 min, 8 max, 9 ewma, 10 ewma_at, 11 probes, 12 failures, 13 consec,
+--   14 last_ok, 15 last_fail, 16 vs, 17 vsince, 18 vf, 19 vok, 20 vslow,
+--   21 vgood, 22 bounds ("" = none), 23 buckets (array, "" = none),
+--   24 the window the list was last trimmed to, 25 the probes count when
+--   that changed, 26 agent records, 27 unix seconds of the last TTL
+--   refresh, 28 the TTL (ms) then
+--
+-- Nothing is written before the stored state has been validated, and a
+-- write that fails (a key of the wrong type, a bin that is no integer)
+-- discards the state: a malformed state is deleted and rebuilt from the
+-- batch ("reset"). An observation whose seq is not above the agent's last
+-- applied one was applied before and is skipped.
+--
+-- The window is read only when needed: the agent's copy (generation,
+-- probes count, sequence record) is the state as of its last write when
+-- the generation, its record and the window length match; then only the
+-- probes written since ("delta": this batch's and the other agents') are
+-- returned, and the agent pushes them into its window and its sketch (the
+-- bin of a latency is a function of it). Otherwise the whole window and
+-- every sketch bin are read, validated and returned ("full").
+--
+-- Returns {status, key, reason, blob, before, record, mode, probes, bins}:
+-- blob the merged scalar state; before the verdict before the batch's last
+-- round ({vs, vsince, vf, vok, vslow, vgood} packed, "" = the blob's);
+-- record the agent's sequence record now; mode "d" (probes: those since the
+-- agent's copy, newest first; bins empty) or "f" (probes: the window,
+-- newest first; bins: index, count, ...).
 --
 -- The verdict advances once per applied observation that ends a round,
 -- after the round's samples, exactly as stats.Verdict.Step does: the class
@@ -43,7 +69,7 @@
 -- shared state, so every agent's rounds make one sequence of rounds and
 -- every agent sees the same status.
 
-local K_STATS, K_WIN, K_SK, K_AG = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_S, K_W = KEYS[1], KEYS[2]
 local agent = ARGV[1]
 local mapping = ARGV[2]
 local window = tonumber(ARGV[3])
@@ -57,8 +83,10 @@ local fail_th = math.max(tonumber(ARGV[11]) or 1, 1)
 local succ_th = math.max(tonumber(ARGV[12]) or 1, 1)
 local objective = tonumber(ARGV[13]) or 0
 local statistic = ARGV[14]
-local nobs = tonumber(ARGV[15])
-local OBS0, OBSN = 16, 7
+local sync_gen, sync_ver, sync_seq = ARGV[15], tonumber(ARGV[16]) or -1, ARGV[17]
+local nobs = tonumber(ARGV[18])
+local OBS0, OBSN = 19, 7
+local AF = 'a:' .. agent
 local LN2 = 0.69314718055994530942
 
 local function fmt(x) return string.format('%.17g', x) end
@@ -78,8 +106,20 @@ end
 
 -- a time: non-negative integer nanoseconds as a decimal string
 local function nstime(s)
-  if s == nil or string.match(s, '^%d+$') == nil or #s > 19 then return nil end
+  if type(s) ~= 'string' or #s > 19 or (s ~= '0' and string.match(s, '^[1-9]%d*$') == nil) then return nil end
   return s
+end
+
+-- a counter as unpacked from the blob
+local function bcount(x)
+  if type(x) ~= 'number' or x < 0 or x > 9007199254740992 or x ~= math.floor(x) then return nil end
+  return x
+end
+
+-- a finite non-negative number as unpacked from the blob
+local function bnum(x)
+  if type(x) ~= 'number' or x ~= x or x < 0 or x == math.huge then return nil end
+  return x
 end
 
 local function split_ns(s)
@@ -89,10 +129,8 @@ local function split_ns(s)
 end
 
 local function ns_less(a, b)
-  local as, an = split_ns(a)
-  local bs, bn = split_ns(b)
-  if as ~= bs then return as < bs end
-  return an < bn
+  if #a ~= #b then return #a < #b end -- canonical decimals (no leading 0)
+  return a < b
 end
 
 -- (a - b) in seconds, as Go's float64(a-b)/1e9
@@ -121,150 +159,342 @@ local function weights(dt)
   return 1 - decay, decay
 end
 
-local function keytype(k) return redis.call('TYPE', k)['ok'] end
-
-local function fresh()
+local function fresh(gen)
   local s = {count = 0, mean = 0, m2 = 0, min = 0, max = 0, ewma = 0, ewma_at = '0',
     probes = 0, failures = 0, consec = 0, last_ok = '0', last_fail = '0',
     vs = 0, vsince = '0', vf = 0, vok = 0, vslow = 0, vgood = 0,
-    buckets = nil, rebuild = false, bins = {}, binraw = {}, win = {}}
+    gen = gen, bounds = '', buckets = nil, wt = window, wc = 0, na = 0, ex = 0, et = 0,
+    rebuild = false}
   if nb > 0 then
+    s.bounds = bounds
     s.buckets = {}
     for i = 1, nb do s.buckets[i] = 0 end
   end
   return s
 end
 
--- load reads and validates the stored state; it returns the state, or nil,
--- the key at fault and the reason.
-local function load()
-  local ty = keytype(K_STATS)
-  if ty ~= 'none' and ty ~= 'hash' then return nil, K_STATS, 'wrong type ' .. ty end
-  local wty = keytype(K_WIN)
-  if wty ~= 'none' and wty ~= 'list' then return nil, K_WIN, 'wrong type ' .. wty end
-  local sty = keytype(K_SK)
-  if sty ~= 'none' and sty ~= 'hash' then return nil, K_SK, 'wrong type ' .. sty end
-  local aty = keytype(K_AG)
-  if aty ~= 'none' and aty ~= 'hash' then return nil, K_AG, 'wrong type ' .. aty end
-
-  local s = fresh()
-  local raw = redis.call('HGETALL', K_STATS)
-  if #raw == 0 then
-    if wty ~= 'none' or sty ~= 'none' then return nil, K_STATS, 'missing while the window or sketch exist' end
-    return s
+-- check validates the scalar invariants (both layouts); nil when they hold
+local function check(s)
+  if s.vs > 3 then return 'verdict status ' .. fmt(s.vs) end
+  if (s.vf > 0 and s.vok > 0) or s.vslow + s.vgood > s.vok or (s.vslow > 0 and s.vgood > 0) then
+    return 'verdict runs do not fit'
   end
-  local h = {}
-  for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
-  if h.v ~= '1' then return nil, K_STATS, 'layout version ' .. tostring(h.v) end
-  if h.sk ~= mapping then return nil, K_STATS, 'sketch mapping ' .. tostring(h.sk) .. ' differs from ' .. mapping end
-  for _, f in ipairs({'count', 'probes', 'failures', 'consec'}) do
-    s[f] = counter(h[f])
-    if s[f] == nil then return nil, K_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
-  end
-  for _, f in ipairs({'mean', 'm2', 'min', 'max', 'ewma'}) do
-    s[f] = num(h[f])
-    if s[f] == nil or s[f] < 0 then return nil, K_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
-  end
-  for _, f in ipairs({'ewma_at', 'last_ok', 'last_fail'}) do
-    s[f] = nstime(h[f])
-    if s[f] == nil then return nil, K_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
-  end
-  -- the verdict (absent in a state written before it: unknown)
-  if h.vs ~= nil then
-    for _, f in ipairs({'vs', 'vf', 'vok', 'vslow', 'vgood'}) do
-      s[f] = counter(h[f])
-      if s[f] == nil then return nil, K_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
-    end
-    s.vsince = nstime(h.vsince)
-    if s.vsince == nil then return nil, K_STATS, 'field vsince is ' .. tostring(h.vsince) end
-    if s.vs > 3 then return nil, K_STATS, 'verdict status ' .. fmt(s.vs) end
-    if (s.vf > 0 and s.vok > 0) or s.vslow + s.vgood > s.vok or (s.vslow > 0 and s.vgood > 0) then
-      return nil, K_STATS, 'verdict runs do not fit'
-    end
-  end
-  if s.count + s.failures ~= s.probes then return nil, K_STATS, 'count + failures ~= probes' end
-  if s.consec > s.failures then return nil, K_STATS, 'consecutive failures exceed failures' end
+  if s.count + s.failures ~= s.probes then return 'count + failures ~= probes' end
+  if s.consec > s.failures then return 'consecutive failures exceed failures' end
   if s.count == 0 then
-    if s.m2 ~= 0 or s.ewma_at ~= '0' then return nil, K_STATS, 'no sample but m2 or ewma set' end
+    if s.m2 ~= 0 or s.ewma_at ~= '0' then return 'no sample but m2 or ewma set' end
   else
-    if s.min > s.max then return nil, K_STATS, 'min > max' end
+    if s.min > s.max then return 'min > max' end
     local tol = 1e-9 * s.max
-    if s.mean < s.min - tol or s.mean > s.max + tol then return nil, K_STATS, 'mean outside [min, max]' end
-    if s.ewma < s.min - tol or s.ewma > s.max + tol then return nil, K_STATS, 'ewma outside [min, max]' end
-    if s.count == 1 and s.m2 ~= 0 then return nil, K_STATS, 'one sample but m2 set' end
+    if s.mean < s.min - tol or s.mean > s.max + tol then return 'mean outside [min, max]' end
+    if s.ewma < s.min - tol or s.ewma > s.max + tol then return 'ewma outside [min, max]' end
+    if s.count == 1 and s.m2 ~= 0 then return 'one sample but m2 set' end
   end
-  if nb > 0 and h.bounds == bounds then
+  return nil
+end
+
+-- the stored buckets when their bounds are this agent's, else a rebuild
+local function take_buckets(s, stored_bounds, stored)
+  if nb == 0 then
+    s.bounds, s.buckets = '', nil
+    return nil
+  end
+  if stored_bounds == bounds and type(stored) == 'table' then
     s.buckets = {}
     local sum = 0
     for i = 1, nb do
-      local c = counter(h['h' .. i])
-      if c == nil then return nil, K_STATS, 'field h' .. i .. ' is ' .. tostring(h['h' .. i]) end
+      local c = stored[i]
+      if c == nil then return 'bucket ' .. i .. ' is missing' end
       s.buckets[i] = c
       sum = sum + c
     end
-    if sum ~= s.count then return nil, K_STATS, 'histogram buckets sum to ' .. fmt(sum) .. ', count is ' .. fmt(s.count) end
-  elseif nb > 0 then
-    -- stored with other bounds (another config) or none: rebuild below
-    s.buckets = nil
-    s.rebuild = true
+    if #stored ~= nb then return 'histogram of ' .. #stored .. ' buckets' end
+    if sum ~= s.count then return 'histogram buckets sum to ' .. fmt(sum) .. ', count is ' .. fmt(s.count) end
+    s.bounds = bounds
+  else
+    s.bounds, s.buckets, s.rebuild = bounds, nil, true
   end
+  return nil
+end
 
-  -- window: validate what is returned (the newest `window` entries)
-  local w = redis.call('LRANGE', K_WIN, 0, window - 1)
+-- unblob decodes and validates the stored scalar state (a wrong type
+-- makes a comparison or a length fail: caught, malformed)
+local function unblob_(raw)
+  local t = cmsgpack.unpack(raw)
+  if t[1] ~= 2 then return nil, 'layout version ' .. tostring(t[1]) end
+  if t[2] ~= mapping then return nil, 'sketch mapping ' .. tostring(t[2]) .. ' differs from ' .. mapping end
+  local s = {gen = t[3], count = t[4], mean = t[5], m2 = t[6], min = t[7], max = t[8], ewma = t[9],
+    ewma_at = t[10], probes = t[11], failures = t[12], consec = t[13], last_ok = t[14], last_fail = t[15],
+    vs = t[16], vsince = t[17], vf = t[18], vok = t[19], vslow = t[20], vgood = t[21],
+    wt = t[24], wc = t[25], na = t[26], ex = t[27], et = t[28], rebuild = false}
+  if type(s.gen) ~= 'string' then return nil, 'generation is ' .. tostring(s.gen) end
+  local c = s.count + s.probes + s.failures + s.consec + s.vs + s.vf + s.vok + s.vslow + s.vgood + s.wt + s.wc + s.na + s.ex + s.et
+  if c ~= math.floor(c) or c > 9007199254740992 or s.count < 0 or s.probes < 0 or s.failures < 0 or s.consec < 0
+    or s.vs < 0 or s.vf < 0 or s.vok < 0 or s.vslow < 0 or s.vgood < 0 or s.wt < 0 or s.wc < 0 or s.na < 0 or s.ex < 0 or s.et < 0
+    or type(s.count) ~= 'number' or type(s.probes) ~= 'number' then
+    return nil, 'counters are not integers'
+  end
+  for _, x in ipairs({s.count, s.probes, s.failures, s.consec, s.vs, s.vf, s.vok, s.vslow, s.vgood, s.wt, s.wc, s.na, s.ex, s.et}) do
+    if x ~= math.floor(x) then return nil, 'counters are not integers' end
+  end
+  local f = s.mean + s.m2 + s.min + s.max + s.ewma
+  if f ~= f or f == math.huge or s.mean < 0 or s.m2 < 0 or s.min < 0 or s.max < 0 or s.ewma < 0 or type(s.mean) ~= 'number' then
+    return nil, 'a statistic is not a finite non-negative number'
+  end
+  if not (nstime(s.ewma_at) and nstime(s.last_ok) and nstime(s.last_fail) and nstime(s.vsince)) then
+    return nil, 'a time is not nanoseconds'
+  end
+  if type(t[22]) ~= 'string' then return nil, 'bounds are ' .. tostring(t[22]) end
+  local why = check(s)
+  if why then return nil, why end
+  if t[23] ~= '' then
+    if type(t[23]) ~= 'table' then return nil, 'buckets are ' .. tostring(t[23]) end
+    for i = 1, #t[23] do
+      if bcount(t[23][i]) == nil then return nil, 'bucket ' .. i .. ' is ' .. tostring(t[23][i]) end
+    end
+  end
+  why = take_buckets(s, t[22], t[23])
+  if why then return nil, why end
+  return s
+end
+
+local function unblob(raw)
+  local okp, s, why = pcall(unblob_, raw)
+  if not okp then return nil, 'state does not decode' end
+  return s, why
+end
+
+local function blob(s)
+  local bk = ''
+  if s.buckets then bk = s.buckets end
+  return cmsgpack.pack({2, mapping, s.gen, s.count, s.mean, s.m2, s.min, s.max, s.ewma, s.ewma_at,
+    s.probes, s.failures, s.consec, s.last_ok, s.last_fail, s.vs, s.vsince, s.vf, s.vok, s.vslow, s.vgood,
+    s.bounds, bk, s.wt, s.wc, s.na, s.ex, s.et})
+end
+
+-- window entries (newest first): nil when they are valid for s, else why
+local function check_win(w, s)
   local okn, failn = 0, 0
   for i = 1, #w do
     if w[i] == 'f' then
       failn = failn + 1
     else
       local x = num(w[i])
-      if x == nil or x < 0 then return nil, K_WIN, 'entry ' .. i .. ' is ' .. tostring(w[i]) end
+      if x == nil or x < 0 then return 'entry ' .. i .. ' is ' .. tostring(w[i]) end
       okn = okn + 1
     end
   end
-  if okn > s.count or failn > s.failures then return nil, K_WIN, 'more probes than the counters' end
-  s.win = w
+  if okn > s.count or failn > s.failures then return 'more probes than the counters' end
+  return nil
+end
 
-  local b = redis.call('HGETALL', K_SK)
-  local total = 0
+-- the previous layout (1), validated as the previous script did; returns
+-- the state, its bins, window and agent records, or nil, key, reason
+local function load_v1()
+  local O_STATS, O_WIN, O_SK, O_AG = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+  for _, k in ipairs({O_STATS, O_SK, O_AG}) do
+    local ty = redis.call('TYPE', k)['ok']
+    if ty ~= 'none' and ty ~= 'hash' then return nil, k, 'wrong type ' .. ty end
+  end
+  local wty = redis.call('TYPE', O_WIN)['ok']
+  if wty ~= 'none' and wty ~= 'list' then return nil, O_WIN, 'wrong type ' .. wty end
+  local raw = redis.call('HGETALL', O_STATS)
+  local h = {}
+  for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+  if h.v ~= '1' then return nil, O_STATS, 'layout version ' .. tostring(h.v) end
+  if h.sk ~= mapping then return nil, O_STATS, 'sketch mapping ' .. tostring(h.sk) .. ' differs from ' .. mapping end
+  local s = fresh('')
+  for _, f in ipairs({'count', 'probes', 'failures', 'consec'}) do
+    s[f] = counter(h[f])
+    if s[f] == nil then return nil, O_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
+  end
+  for _, f in ipairs({'mean', 'm2', 'min', 'max', 'ewma'}) do
+    s[f] = num(h[f])
+    if s[f] == nil or s[f] < 0 then return nil, O_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
+  end
+  for _, f in ipairs({'ewma_at', 'last_ok', 'last_fail'}) do
+    s[f] = nstime(h[f])
+    if s[f] == nil then return nil, O_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
+  end
+  if h.vs ~= nil then
+    for _, f in ipairs({'vs', 'vf', 'vok', 'vslow', 'vgood'}) do
+      s[f] = counter(h[f])
+      if s[f] == nil then return nil, O_STATS, 'field ' .. f .. ' is ' .. tostring(h[f]) end
+    end
+    s.vsince = nstime(h.vsince)
+    if s.vsince == nil then return nil, O_STATS, 'field vsince is ' .. tostring(h.vsince) end
+  end
+  local why = check(s)
+  if why then return nil, O_STATS, why end
+  local stored
+  if nb > 0 and h.bounds == bounds then
+    stored = {}
+    for i = 1, nb do
+      stored[i] = counter(h['h' .. i])
+      if stored[i] == nil then return nil, O_STATS, 'field h' .. i .. ' is ' .. tostring(h['h' .. i]) end
+    end
+  end
+  why = take_buckets(s, h.bounds, stored)
+  if why then return nil, O_STATS, why end
+  local w = redis.call('LRANGE', O_WIN, 0, window - 1)
+  why = check_win(w, s)
+  if why then return nil, O_WIN, why end
+  local bins, total = {}, 0
+  local b = redis.call('HGETALL', O_SK)
   for i = 1, #b, 2 do
     local f, c = b[i], num(b[i + 1])
-    if (f ~= 'z' and string.match(f, '^%-?%d+$') == nil) or c == nil or c < 0 then
-      return nil, K_SK, 'bin ' .. f .. ' is ' .. tostring(b[i + 1])
+    if (f ~= 'z' and string.match(f, '^%-?%d+$') == nil) or c == nil or c < 0 or c ~= math.floor(c) then
+      return nil, O_SK, 'bin ' .. f .. ' is ' .. tostring(b[i + 1])
     end
-    s.bins[f] = c
-    s.binraw[f] = b[i + 1]
+    bins[f] = c
     total = total + c
   end
-  if math.abs(total - s.count) >= 0.5 then return nil, K_SK, 'bins sum to ' .. fmt(total) .. ', count is ' .. fmt(s.count) end
-  return s
+  if total ~= s.count then return nil, O_SK, 'bins sum to ' .. fmt(total) .. ', count is ' .. fmt(s.count) end
+  local recs = redis.call('HGETALL', O_AG)
+  return s, bins, w, recs
 end
 
+-- the first observation's seq names a new generation of the state
+local function newgen()
+  return agent .. ':' .. (ARGV[OBS0] or '') .. ':' .. ARGV[10]
+end
+
+-- ---------------------------------------------------------------- load
 local status, badkey, reason = 'ok', '', ''
-local s, k, why
-if force then
-  k, why = K_STATS, 'marked malformed'
-else
-  s, k, why = load()
-end
-if s == nil then
+local s             -- the state
+local mode = 'inc'  -- 'inc': write what changed; 'all': rewrite the keys
+local last, lastraw = -1, nil
+local bins = nil    -- every sketch bin (index -> count), when read
+local win = nil     -- the whole window, newest first, when read
+local records = nil -- agent records to write ('all'), flat
+local migrated = false
+local function bad(k, why)
   status, badkey, reason = 'reset', k, why
-  redis.call('DEL', K_STATS, K_WIN, K_SK)
-  if keytype(K_AG) ~= 'hash' then redis.call('DEL', K_AG) end
-  s = fresh()
 end
 
--- the agent's last applied seq (ignored after a reset: the discarded state
--- held what it had applied)
-local last = -1
-if status == 'ok' then
-  local rec = redis.call('HGET', K_AG, agent)
-  if rec then
-    local q = string.match(rec, '^(%d+):')
-    if q then last = tonumber(q) end
+if force then
+  bad(K_S, 'marked malformed')
+else
+  local r = redis.pcall('HMGET', K_S, 's', AF)
+  if r.err then
+    bad(K_S, 'wrong type')
+  elseif not r[1] then
+    if redis.call('EXISTS', K_S, K_W) > 0 then
+      bad(K_S, 'state missing while the keys exist')
+    elseif redis.call('EXISTS', KEYS[3], KEYS[4], KEYS[5], KEYS[6]) > 0 then
+      -- written by the previous version: migrate
+      migrated = true
+      local old, b, w, recs = load_v1()
+      redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+      if old == nil then
+        bad(b, w)
+      else
+        s, bins, win, records = old, b, w, recs
+        s.gen = newgen()
+        s.na = #recs / 2
+        for i = 2, #recs, 2 do
+          if recs[i - 1] == agent then
+            local q = string.match(recs[i], '^(%d+):')
+            if q then last, lastraw = tonumber(q), q end
+          end
+        end
+      end
+    else
+      s, bins, win = fresh(newgen()), {}, {}
+    end
+    mode = 'all'
+  else
+    local why
+    s, why = unblob(r[1])
+    if s == nil then
+      bad(K_S, why)
+    elseif r[2] then
+      local q = string.match(r[2], '^(%d+):')
+      if q then last, lastraw = tonumber(q), q end
+    end
+  end
+end
+if status == 'reset' then
+  s, bins, win, records, mode, last, lastraw = fresh(newgen()), {}, {}, nil, 'all', -1, nil
+end
+
+-- the agent's copy is the state as of its last write: only the probes
+-- written since go back
+local p0 = s.probes
+local delta = mode == 'inc' and sync_gen ~= '' and sync_gen == s.gen and lastraw ~= nil and lastraw == sync_seq
+  and s.wt == window and s.wc <= sync_ver and sync_ver <= p0 and p0 - sync_ver <= window and not s.rebuild
+local others = nil -- the other agents' probes since the agent's copy, newest first
+
+local anyround = false
+if objective > 0 and statistic ~= 'ewma' and statistic ~= 'avg' then
+  for i = 0, nobs - 1 do
+    if ARGV[OBS0 + i * OBSN + 6] ~= '' then anyround = true break end
   end
 end
 
-local pushes = {} -- this batch's probes, oldest first
+if mode == 'inc' and (not delta or anyround) then
+  -- the whole window
+  local w = redis.pcall('LRANGE', K_W, 0, window - 1)
+  if w.err then
+    bad(K_W, 'wrong type')
+  else
+    local why = check_win(w, s)
+    if why then bad(K_W, why) else win = w end
+  end
+end
+-- every sketch bin, validated
+local function read_bins()
+  local all = redis.call('HGETALL', K_S)
+  local total = 0
+  bins = {}
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if f ~= 's' and string.sub(f, 1, 2) ~= 'a:' then
+      local c = counter(all[i + 1])
+      local idx = string.sub(f, 2)
+      if string.sub(f, 1, 1) ~= 'b' or (idx ~= 'z' and string.match(idx, '^%-?%d+$') == nil) or c == nil then
+        bad(K_S, 'field ' .. f .. ' is ' .. tostring(all[i + 1]))
+        return
+      end
+      bins[idx] = c
+      total = total + c
+    end
+  end
+  if total ~= s.count then bad(K_S, 'bins sum to ' .. fmt(total) .. ', count is ' .. fmt(s.count)) end
+end
+if status == 'ok' and mode == 'inc' and not delta then read_bins() end
+if status == 'ok' and delta and p0 > sync_ver then
+  local k = p0 - sync_ver
+  if win then
+    others = {}
+    for i = 1, math.min(k, #win) do others[i] = win[i] end
+  else
+    local w = redis.pcall('LRANGE', K_W, 0, k - 1)
+    if w.err then
+      bad(K_W, 'wrong type')
+    else
+      local why = check_win(w, s)
+      if why then bad(K_W, why) else others = w end
+    end
+  end
+  if others and #others < k then
+    -- the list is shorter than the agent's copy needs (trimmed by another
+    -- window or deleted): send the whole state
+    others, delta = nil, false
+    if not win then
+      win = redis.call('LRANGE', K_W, 0, window - 1)
+      local why = check_win(win, s)
+      if why then bad(K_W, why) end
+    end
+    if status == 'ok' then read_bins() end
+  end
+end
+if status == 'reset' and mode == 'inc' then
+  s, bins, win, records, mode, last, lastraw, delta, others = fresh(newgen()), {}, {}, nil, 'all', -1, nil, false, nil
+end
+
+-- ---------------------------------------------------------------- apply
+local pushes, binadd, before, applied, maxseq, maxraw
 
 -- the statistic of the objective on the state as it is now (the stored
 -- window then this batch's probes so far), and whether it has data:
@@ -280,10 +510,10 @@ local function statistic_now()
     n = n + 1
     if pushes[i] ~= 'f' then xs[#xs + 1] = tonumber(pushes[i]) end
   end
-  for i = 1, #s.win do
+  for i = 1, #win do
     if n >= window then break end
     n = n + 1
-    if s.win[i] ~= 'f' then xs[#xs + 1] = tonumber(s.win[i]) end
+    if win[i] ~= 'f' then xs[#xs + 1] = tonumber(win[i]) end
   end
   if #xs == 0 then return 0, false end
   table.sort(xs)
@@ -295,7 +525,7 @@ local function statistic_now()
 end
 
 local function verdict_of()
-  return {fmt(s.vs), s.vsince, fmt(s.vf), fmt(s.vok), fmt(s.vslow), fmt(s.vgood)}
+  return {s.vs, s.vsince, s.vf, s.vok, s.vslow, s.vgood}
 end
 
 -- stats.Verdict.Step: one round of class c ('f', 's' slow, 'g' good) at t
@@ -333,160 +563,236 @@ local function step(c, t)
   end
 end
 
-local applied, maxseq = 0, last
-local binadd = {}
-local before = nil
-for i = 0, nobs - 1 do
-  local o = OBS0 + i * OBSN
-  local seq = tonumber(ARGV[o])
-  if seq > last then
-    applied = applied + 1
-    if seq > maxseq then maxseq = seq end
-    local t = ARGV[o + 1]
-    s.probes = s.probes + 1
-    if ARGV[o + 2] ~= '1' then
-      s.failures = s.failures + 1
-      s.consec = s.consec + 1
-      if ns_less(s.last_fail, t) then s.last_fail = t end
-      pushes[#pushes + 1] = 'f'
-    else
-      local xs = ARGV[o + 3]
-      local x = tonumber(xs)
-      s.consec = 0
-      if ns_less(s.last_ok, t) then s.last_ok = t end
-      -- Welford
-      if s.count == 0 then
-        s.count = 1
-        s.mean, s.m2, s.min, s.max = x, 0, x, x
+local function apply()
+  pushes, binadd, before, applied, maxseq, maxraw = {}, {}, nil, 0, last, lastraw
+  for i = 0, nobs - 1 do
+    local o = OBS0 + i * OBSN
+    local seq = tonumber(ARGV[o])
+    if seq > last then
+      applied = applied + 1
+      if seq > maxseq then maxseq, maxraw = seq, ARGV[o] end
+      local t = ARGV[o + 1]
+      s.probes = s.probes + 1
+      if ARGV[o + 2] ~= '1' then
+        s.failures = s.failures + 1
+        s.consec = s.consec + 1
+        if ns_less(s.last_fail, t) then s.last_fail = t end
+        pushes[#pushes + 1] = 'f'
       else
-        s.count = s.count + 1
-        local d = x - s.mean
-        s.mean = s.mean + d / s.count
-        s.m2 = s.m2 + d * (x - s.mean)
-        if x < s.min then s.min = x end
-        if x > s.max then s.max = x end
+        local xs = ARGV[o + 3]
+        local x = tonumber(xs)
+        s.consec = 0
+        if ns_less(s.last_ok, t) then s.last_ok = t end
+        -- Welford
+        if s.count == 0 then
+          s.count = 1
+          s.mean, s.m2, s.min, s.max = x, 0, x, x
+        else
+          s.count = s.count + 1
+          local d = x - s.mean
+          s.mean = s.mean + d / s.count
+          s.m2 = s.m2 + d * (x - s.mean)
+          if x < s.min then s.min = x end
+          if x > s.max then s.max = x end
+        end
+        -- time-based EWMA
+        if s.ewma_at == '0' then
+          s.ewma, s.ewma_at = x, t
+        else
+          local dt = ns_diff(t, s.ewma_at)
+          if dt > 0 then
+            local alpha, decay = weights(dt)
+            s.ewma = decay * s.ewma + alpha * x
+            s.ewma_at = t
+          end
+        end
+        local bin = ARGV[o + 4]
+        binadd[bin] = (binadd[bin] or 0) + 1
+        if nb > 0 and not s.rebuild then
+          local bi = tonumber(ARGV[o + 5])
+          s.buckets[bi] = s.buckets[bi] + 1
+        end
+        pushes[#pushes + 1] = xs
       end
-      -- time-based EWMA
-      if s.ewma_at == '0' then
-        s.ewma, s.ewma_at = x, t
-      else
-        local dt = ns_diff(t, s.ewma_at)
-        if dt > 0 then
-          local alpha, decay = weights(dt)
-          s.ewma = decay * s.ewma + alpha * x
-          s.ewma_at = t
+      local round = ARGV[o + 6]
+      if round ~= '' then
+        before = verdict_of()
+        local c = 'f'
+        if round == '1' then
+          c = 'g'
+          if objective > 0 then
+            local x, has = statistic_now()
+            if has and x > objective then c = 's' end
+          end
+        end
+        step(c, t)
+      end
+    end
+  end
+  if bins then
+    for bin, c in pairs(binadd) do bins[bin] = (bins[bin] or 0) + c end
+  end
+  if nb > 0 and s.rebuild and (applied > 0 or status == 'reset') then
+    -- the stored histogram has other bounds (or none): rebuild it from the
+    -- sketch, each bin counted in the bucket of its value
+    -- (stats.RebuildBuckets)
+    local th = {}
+    for v in string.gmatch(ARGV[8], '[^,]+') do th[#th + 1] = tonumber(v) end
+    s.buckets = {}
+    for i = 1, nb do s.buckets[i] = 0 end
+    for f, c in pairs(bins) do
+      local bi = 1
+      if f ~= 'z' then
+        local idx = tonumber(f)
+        bi = nb
+        for j = 1, nb - 1 do
+          if idx <= th[j] then bi = j break end
         end
       end
-      local bin = ARGV[o + 4]
-      binadd[bin] = (binadd[bin] or 0) + 1
-      s.bins[bin] = (s.bins[bin] or 0) + 1
-      if nb > 0 and not s.rebuild then
-        local bi = tonumber(ARGV[o + 5])
-        s.buckets[bi] = s.buckets[bi] + 1
-      end
-      pushes[#pushes + 1] = xs
+      s.buckets[bi] = s.buckets[bi] + c
     end
-    local round = ARGV[o + 6]
-    if round ~= '' then
-      before = verdict_of()
-      local c = 'f'
-      if round == '1' then
-        c = 'g'
-        if objective > 0 then
-          local x, has = statistic_now()
-          if has and x > objective then c = 's' end
-        end
-      end
-      step(c, t)
-    end
+    s.bounds, s.rebuild = bounds, false
+  end
+  if s.wt ~= window then s.wt, s.wc = window, s.probes end
+end
+
+apply()
+
+-- ---------------------------------------------------------------- write
+local function rec() return (maxraw or '0') .. ':' .. ARGV[10] end
+
+-- the TTL: refreshed at most every 1 % of it (the keys live between ttl
+-- and 1.01 ttl after the last write)
+local slack = math.floor(ttl / 100)
+local function expire_due()
+  return not (s.et == ttl and (ttl == 0 or (slack >= 1000 and now_s >= s.ex and (now_s - s.ex) * 1000 < slack)))
+end
+local function expire()
+  for _, key in ipairs({K_S, K_W}) do
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl + slack) else redis.call('PERSIST', key) end
   end
 end
 
-if nb > 0 and s.rebuild and (applied > 0 or status == 'reset') then
-  -- the stored histogram has other bounds (or none): rebuild it from the
-  -- sketch, each bin counted in the bucket of its value (stats.RebuildBuckets)
-  local th = {}
-  for v in string.gmatch(ARGV[8], '[^,]+') do th[#th + 1] = tonumber(v) end
-  s.buckets = {}
-  for i = 1, nb do s.buckets[i] = 0 end
-  for f, c in pairs(s.bins) do
-    local bi = 1
-    if f ~= 'z' then
-      local idx = tonumber(f)
-      bi = nb
-      for j = 1, nb - 1 do
-        if idx <= th[j] then bi = j break end
-      end
-    end
-    s.buckets[bi] = s.buckets[bi] + math.floor(c + 0.5)
-  end
-  s.rebuild = false
-end
-
-local keys = {K_STATS, K_WIN, K_SK, K_AG}
-if applied > 0 or status == 'reset' then
-  local hs = {'v', '1', 'sk', mapping,
-    'count', fmt(s.count), 'mean', fmt(s.mean), 'm2', fmt(s.m2), 'min', fmt(s.min), 'max', fmt(s.max),
-    'ewma', fmt(s.ewma), 'ewma_at', s.ewma_at, 'probes', fmt(s.probes), 'failures', fmt(s.failures),
-    'consec', fmt(s.consec), 'last_ok', s.last_ok, 'last_fail', s.last_fail,
-    'vs', fmt(s.vs), 'vsince', s.vsince, 'vf', fmt(s.vf), 'vok', fmt(s.vok),
-    'vslow', fmt(s.vslow), 'vgood', fmt(s.vgood)}
-  if nb > 0 and s.buckets then
-    hs[#hs + 1] = 'bounds'
-    hs[#hs + 1] = bounds
-    for i = 1, nb do
-      hs[#hs + 1] = 'h' .. i
-      hs[#hs + 1] = fmt(s.buckets[i])
-    end
-  end
-  redis.call('HSET', K_STATS, unpack(hs))
-  for i = 1, #pushes do redis.call('LPUSH', K_WIN, pushes[i]) end
-  if #pushes > 0 then redis.call('LTRIM', K_WIN, 0, window - 1) end
-  for bin, c in pairs(binadd) do
-    local v = redis.call('HINCRBYFLOAT', K_SK, bin, c)
-    s.bins[bin] = tonumber(v)
-    s.binraw[bin] = v
-  end
-  if maxseq >= 0 then
-    redis.call('HSET', K_AG, agent, fmt(maxseq) .. ':' .. fmt(now_s))
-  end
+local function prune(all)
   -- forget agents idle for longer than the ttl (or a week)
-  if redis.call('HLEN', K_AG) > 32 then
-    local horizon = now_s - math.max(ttl / 1000, 7 * 86400)
-    local all = redis.call('HGETALL', K_AG)
-    for i = 1, #all, 2 do
+  local horizon = now_s - math.max(ttl / 1000, 7 * 86400)
+  local n = 0
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 2) == 'a:' then
       local ts = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')
-      if ts < horizon then redis.call('HDEL', K_AG, all[i]) end
+      if ts < horizon and all[i] ~= AF then redis.call('HDEL', K_S, all[i]) else n = n + 1 end
     end
   end
-  for _, key in ipairs(keys) do
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-  end
+  s.na = n
 end
 
--- the window as LRANGE would now return it: this batch's probes, newest
--- first, then the stored ones
-local win = s.win
-if #pushes > 0 then
-  win = {}
+local function write_inc()
+  if #pushes > 0 then
+    local n = redis.pcall('LPUSH', K_W, unpack(pushes))
+    if type(n) ~= 'number' then return K_W, 'wrong type' end
+    if n > window then redis.call('LTRIM', K_W, 0, window - 1) end
+  end
+  for bin, c in pairs(binadd) do
+    local v = redis.pcall('HINCRBY', K_S, 'b' .. bin, c)
+    if type(v) ~= 'number' then return K_S, 'sketch bin b' .. bin .. ' is not an integer' end
+  end
+  if lastraw == nil and maxraw ~= nil then
+    s.na = s.na + 1
+    if s.na > 32 then prune(redis.call('HGETALL', K_S)) end
+  end
+  local due = expire_due()
+  if due then s.ex, s.et = now_s, ttl end
+  redis.call('HSET', K_S, 's', blob(s), AF, rec())
+  if due then expire() end
+  return nil
+end
+
+local function write_all()
+  redis.call('DEL', K_S, K_W)
+  local hs = {}
+  if records then
+    for i = 1, #records, 2 do
+      if records[i] ~= agent then
+        hs[#hs + 1] = 'a:' .. records[i]
+        hs[#hs + 1] = records[i + 1]
+      end
+    end
+  end
+  s.na = #hs / 2
+  if maxraw ~= nil then
+    hs[#hs + 1] = AF
+    hs[#hs + 1] = rec()
+    s.na = s.na + 1
+  end
+  for f, c in pairs(bins) do
+    hs[#hs + 1] = 'b' .. f
+    hs[#hs + 1] = fmt(c)
+  end
+  -- the window as it is now: this batch's probes, newest first, then the
+  -- stored ones
+  local w = {}
   for i = #pushes, 1, -1 do
-    if #win < window then win[#win + 1] = pushes[i] end
+    if #w < window then w[#w + 1] = pushes[i] end
   end
-  for i = 1, #s.win do
-    if #win >= window then break end
-    win[#win + 1] = s.win[i]
+  for i = 1, #win do
+    if #w >= window then break end
+    w[#w + 1] = win[i]
+  end
+  win = w
+  s.ex, s.et = now_s, ttl
+  hs[#hs + 1] = 's'
+  hs[#hs + 1] = blob(s)
+  redis.call('HSET', K_S, unpack(hs))
+  if #w > 0 then redis.call('RPUSH', K_W, unpack(w)) end
+  expire()
+end
+
+local out_blob
+if mode == 'inc' and applied > 0 then
+  local k, why = write_inc()
+  if k then
+    -- a write failed: nothing of the state can be trusted
+    bad(k, why)
+    s, bins, win, records, mode, last, lastraw, delta, others = fresh(newgen()), {}, {}, nil, 'all', -1, nil, false, nil
+    apply()
+    write_all()
+  end
+elseif mode == 'all' and (applied > 0 or status == 'reset' or migrated) then
+  write_all()
+end
+out_blob = blob(s)
+
+local probes_out = {}
+local bins_out = {}
+local m = 'f'
+if delta then
+  m = 'd'
+  for i = #pushes, 1, -1 do probes_out[#probes_out + 1] = pushes[i] end
+  if others then
+    for i = 1, #others do probes_out[#probes_out + 1] = others[i] end
+  end
+else
+  if mode == 'inc' then
+    -- the window as LRANGE would now return it
+    local w = {}
+    for i = #pushes, 1, -1 do
+      if #w < window then w[#w + 1] = pushes[i] end
+    end
+    for i = 1, #win do
+      if #w >= window then break end
+      w[#w + 1] = win[i]
+    end
+    probes_out = w
+  else
+    probes_out = win
+  end
+  for f, c in pairs(bins) do
+    bins_out[#bins_out + 1] = f
+    bins_out[#bins_out + 1] = fmt(c)
   end
 end
-local bins = {}
-for f, raw in pairs(s.binraw) do
-  bins[#bins + 1] = f
-  bins[#bins + 1] = raw
-end
-local buckets = {}
-if nb > 0 and s.buckets then
-  for i = 1, nb do buckets[i] = fmt(s.buckets[i]) end
-end
-return {status, badkey, reason, fmt(applied),
-  {fmt(s.count), fmt(s.mean), fmt(s.m2), fmt(s.min), fmt(s.max), fmt(s.ewma), s.ewma_at,
-   fmt(s.probes), fmt(s.failures), fmt(s.consec), s.last_ok, s.last_fail},
-  buckets, win, bins, verdict_of(), before or verdict_of()}
+local before_out = ''
+if before then before_out = cmsgpack.pack(before) end
+local record = ''
+if maxraw then record = maxraw end
+return {status, badkey, reason, out_blob, before_out, record, m, probes_out, bins_out}

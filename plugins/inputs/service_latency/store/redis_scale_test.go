@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,11 +32,7 @@ func scaleObs(n, round int) []Observation {
 // straight from Redis.
 func redisProbes(t *testing.T, c *redis.Client, r *Redis, service string) int64 {
 	t.Helper()
-	v, err := c.HGet(context.Background(), r.keys(service)[0], "probes").Result()
-	require.NoError(t, err, service)
-	n, err := strconv.ParseInt(v, 10, 64)
-	require.NoError(t, err)
-	return n
+	return redisStateField(t, c, r.keys(service)[0], blobProbes).(int64)
 }
 
 // requireExactInRedis checks the first, middle and last service (and a

@@ -104,9 +104,7 @@ func TestVerdictRedisExactlyOnce(t *testing.T) {
 	}
 	out := r.writeEntries(context.Background(), nil, nil)
 	require.Empty(t, out)
-	vs, err := srv.Client().HGet(context.Background(), r.keys("api")[0], "vs").Result()
-	require.NoError(t, err)
-	require.Equal(t, "3", vs, "down after 3 rounds, stored in the stats hash")
+	require.Equal(t, int64(3), redisStateField(t, srv.Client(), r.keys("api")[0], blobVerdict), "down after 3 rounds, stored in the state")
 }
 
 // Two agents alternately writing rounds of one service: one sequence of
@@ -187,17 +185,17 @@ func TestVerdictStateFile(t *testing.T) {
 	require.Equal(t, int64(1), res[0].State.Probes)
 }
 
-// A state written before the verdict existed (no v* fields in the stats
-// hash) is read as unknown; a malformed verdict field resets the keys.
+// A state written before the verdict existed (layout 1, no v* fields in
+// the stats hash) is migrated and read as unknown; a malformed verdict in
+// the state resets the keys.
 func TestVerdictRedisOldAndMalformedHash(t *testing.T) {
 	srv := redistest.Start(t)
 	r, log := newRedis(t, srv)
 	base := time.Unix(1_700_000_000, 0)
 	ctx := context.Background()
-	_, err := r.Update(ctx, base, round("api", verdictParams, base, 0.01))
-	require.NoError(t, err)
-	k := r.keys("api")[0]
-	require.NoError(t, srv.Client().HDel(ctx, k, "vs", "vsince", "vf", "vok", "vslow", "vgood").Err())
+	old := r.keys("api")[2:]
+	writeLayout1(t, srv.Client(), old, "old-agent", 1, verdictParams, pending{seq: 1, t: base.UnixNano(), ok: true, latency: 0.01, round: "1"})
+	require.NoError(t, srv.Client().HDel(ctx, old[0], "vs", "vsince", "vf", "vok", "vslow", "vgood").Err())
 	res, err := r.Update(ctx, base, round("api", verdictParams, base.Add(time.Second), 0.01))
 	require.NoError(t, err)
 	require.NoError(t, res[0].Warning)
@@ -205,7 +203,8 @@ func TestVerdictRedisOldAndMalformedHash(t *testing.T) {
 	require.Equal(t, stats.Verdict{}, res[0].Before)
 	require.Equal(t, stats.Verdict{Status: stats.StatusUnknown, Since: base.Add(time.Second).UnixNano(), OK: 1, Good: 1}, res[0].State.Verdict)
 
-	require.NoError(t, srv.Client().HSet(ctx, k, "vs", "7").Err())
+	k := r.keys("api")[0]
+	require.NoError(t, srv.Client().Eval(ctx, `local t = cmsgpack.unpack(redis.call('HGET', KEYS[1], 's')) t[16] = 7 return redis.call('HSET', KEYS[1], 's', cmsgpack.pack(t))`, []string{k}).Err())
 	res, err = r.Update(ctx, base, round("api", verdictParams, base.Add(2*time.Second), 0.01))
 	require.NoError(t, err)
 	require.Error(t, res[0].Warning)
