@@ -27,6 +27,11 @@ type Server struct {
 	tb   testing.TB
 	dir  string
 	port int
+	// extra are more redis-server arguments (Cluster, replication);
+	// sentinel, when set, is the sentinel config file the server runs
+	// with instead (redis-server FILE --sentinel).
+	extra    []string
+	sentinel string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -42,21 +47,31 @@ func Start(tb testing.TB) *Server {
 		tb.Fatalf("redis-server not found (apt-get install redis-server, or make deps): %v", err)
 	}
 	s := &Server{tb: tb, dir: tb.TempDir()}
+	s.startOnFreePort()
+	return s
+}
+
+// startOnFreePort starts s on a free port (s.extra and s.sentinel may
+// depend on it through s.port: they are made by prepare).
+func (s *Server) startOnFreePort(prepare ...func(*Server)) {
+	s.tb.Helper()
 	var err error
 	for range 5 {
 		s.port, err = freePort()
 		if err != nil {
 			continue
 		}
+		for _, p := range prepare {
+			p(s)
+		}
 		if err = s.start(); err == nil {
 			break
 		}
 	}
 	if err != nil {
-		tb.Fatalf("starting redis-server: %v", err)
+		s.tb.Fatalf("starting redis-server: %v", err)
 	}
-	tb.Cleanup(s.Stop)
-	return s
+	s.tb.Cleanup(s.Stop)
 }
 
 func freePort() (int, error) {
@@ -76,7 +91,7 @@ func (s *Server) Port() int { return s.port }
 
 func (s *Server) start() error {
 	logFile := filepath.Join(s.dir, "redis.log")
-	cmd := exec.Command("redis-server",
+	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -84,7 +99,12 @@ func (s *Server) start() error {
 		"--dir", s.dir,
 		"--logfile", logFile,
 		"--daemonize", "no",
-	)
+	}
+	if s.sentinel != "" {
+		args = []string{s.sentinel, "--sentinel"}
+		logFile = filepath.Join(s.dir, "sentinel.log")
+	}
+	cmd := exec.Command("redis-server", append(args, s.extra...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return err
