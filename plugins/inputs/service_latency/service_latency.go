@@ -149,6 +149,7 @@ func openStore(s config.StoreSpec, log telegraf.Logger) (store.Store, error) {
 	if err != nil {
 		return nil, config.Nested("", err)
 	}
+	f.SetSaveInterval(s.SaveInterval)
 	return f, nil
 }
 

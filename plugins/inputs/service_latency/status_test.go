@@ -405,6 +405,7 @@ func TestCollectInternalRealStores(t *testing.T) {
 		p, _ := newPlugin(t, conf(`
 collect_internal = true
 state_file = "`+dir+`/state.json"
+state_save_interval = "0s" # a save after every gather
 `+svcs))
 		require.NoError(t, os.Remove(dir)) // saves fail from now on
 		for i := int64(1); i <= 2; i++ {

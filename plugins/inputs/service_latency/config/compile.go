@@ -38,6 +38,9 @@ type StoreSpec struct {
 	Kind string
 	// StateFile persists the memory store ("" = not persisted).
 	StateFile string
+	// SaveInterval is the time between saves of the state file (0: after
+	// every update).
+	SaveInterval time.Duration
 	// Redis are the validated options of the Redis store.
 	Redis store.RedisOptions
 	// Fleet shares the probes among the agents of the Redis
@@ -101,10 +104,23 @@ func compileStore(c *Config) (StoreSpec, error) {
 		if c.Redis != nil {
 			return StoreSpec{}, pluginErr("redis", errors.New(`an [inputs.service_latency.redis] table needs state = "redis"`))
 		}
-		return StoreSpec{Kind: "memory", StateFile: c.StateFile}, nil
+		every := store.DefaultSaveInterval
+		if c.StateSaveInterval != nil {
+			every = time.Duration(*c.StateSaveInterval)
+			if c.StateFile == "" {
+				return StoreSpec{}, pluginErr("state_save_interval", errors.New("needs a state_file: without one nothing is saved"))
+			}
+			if every < 0 {
+				return StoreSpec{}, pluginErr("state_save_interval", fmt.Errorf("must not be negative, got %s (0s: save after every gather)", every))
+			}
+		}
+		return StoreSpec{Kind: "memory", StateFile: c.StateFile, SaveInterval: every}, nil
 	case "redis":
 		if c.StateFile != "" {
 			return StoreSpec{}, pluginErr("state_file", errors.New(`only for state = "memory": with Redis the state lives in Redis`))
+		}
+		if c.StateSaveInterval != nil {
+			return StoreSpec{}, pluginErr("state_save_interval", errors.New(`only for state = "memory" with a state_file: with Redis the state lives in Redis`))
 		}
 		if c.Redis == nil {
 			return StoreSpec{}, pluginErr("state", errors.New(`state = "redis" needs an [inputs.service_latency.redis] table with an address or a url`))

@@ -92,6 +92,9 @@ type Config struct {
 	State     string      `toml:"state"`
 	StateFile string      `toml:"state_file"`
 	Redis     *RedisTable `toml:"redis"`
+	// StateSaveInterval is the time between saves of the state file
+	// (nil: store.DefaultSaveInterval; "0s": after every update).
+	StateSaveInterval *config.Duration `toml:"state_save_interval"`
 
 	// Shape of the metrics: result_tag = false drops the `result` tag
 	// (result_code carries it) and string_fields = false the string fields,

@@ -18,6 +18,10 @@ func StoreDiff(a, b *Config) string {
 	if a.StateFile != b.StateFile {
 		return "state_file"
 	}
+	if (a.StateSaveInterval == nil) != (b.StateSaveInterval == nil) ||
+		a.StateSaveInterval != nil && *a.StateSaveInterval != *b.StateSaveInterval {
+		return "state_save_interval"
+	}
 	if (a.Redis == nil) != (b.Redis == nil) {
 		return "redis"
 	}

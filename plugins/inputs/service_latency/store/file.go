@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,10 +26,14 @@ import (
 //
 // The file is read at the first Update (or Export/Import), never in the
 // constructor: a missing file is a fresh start. A state file that is a
-// symbolic link is read and replaced where it points: the link stays. It is written after every
-// Update and on Close, atomically: a temporary file in the same directory
-// is written and fsynced, renamed over the state file, and the directory
-// is fsynced, so a crash leaves either the old or the new file.
+// symbolic link is read and replaced where it points: the link stays. It
+// is written every save interval (SetSaveInterval; after every Update
+// when 0, the default of NewFile) — at the first Update that ends at
+// least an interval after the last save (or the load) — and on Close,
+// atomically: a temporary file in the same directory is written (streamed,
+// service by service) and fsynced, renamed over the state file, and the
+// directory is fsynced, so a crash at any moment leaves either the old or
+// the new file, and loses at most the last interval's updates.
 //
 // A file that cannot be read or decoded, or is of another format version,
 // is kept aside, renamed to "<file>.corrupt-<UTC timestamp>" (never
@@ -43,6 +48,9 @@ type File struct {
 	now  func() time.Time
 
 	mu       sync.Mutex
+	interval time.Duration // between saves; 0: after every Update
+	lastSave time.Time     // of the last save, or of the load
+	stats    SaveStats
 	loaded   bool
 	hadState bool // the file existed and was decoded
 	noSave   bool // a bad file could not be moved aside: never overwrite it
@@ -146,6 +154,30 @@ func (f *File) removeStaleTemps() {
 	}
 }
 
+// DefaultSaveInterval is the plugin's default state_save_interval.
+const DefaultSaveInterval = time.Minute
+
+// SetSaveInterval sets the time between saves (0: after every Update).
+func (f *File) SetSaveInterval(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.interval = max(d, 0)
+}
+
+// SaveStats are what the saves wrote, for benchmarks and tests.
+type SaveStats struct {
+	Saves int64         // completed saves
+	Bytes int64         // bytes written by them, in all
+	Last  time.Duration // the last save's duration (encode, write, fsync, rename)
+}
+
+// SaveStats returns what the saves so far wrote.
+func (f *File) SaveStats() SaveStats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stats
+}
+
 // Health implements Store: failed saves are WriteErrors.
 func (f *File) Health() Health {
 	f.mu.Lock()
@@ -163,7 +195,9 @@ func (f *File) Update(ctx context.Context, now time.Time, obs []Observation) ([]
 	if err != nil {
 		return nil, err
 	}
-	f.saveLocked()
+	if f.interval == 0 || f.now().Sub(f.lastSave) >= f.interval {
+		f.saveLocked()
+	}
 	return res, nil
 }
 
@@ -209,6 +243,7 @@ func (f *File) loadLocked() {
 		return
 	}
 	f.loaded = true
+	f.lastSave = f.now() // the first save is an interval after the load
 	data, err := os.ReadFile(resolveLink(f.path))
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		f.log.Debugf("state file %s does not exist yet: starting with a fresh state", f.path)
@@ -305,7 +340,8 @@ func copyExclusive(src, dst string) error {
 }
 
 // saveLocked saves and warns on failure (at most once a minute); the
-// gather goes on.
+// gather goes on. A failed save is retried at the next Update, not an
+// interval later.
 func (f *File) saveLocked() {
 	if f.noSave {
 		return
@@ -319,21 +355,44 @@ func (f *File) saveLocked() {
 	}
 }
 
-// save writes the state file atomically.
+// save writes the state file atomically, each service's entry encoded
+// straight into the temporary file (no copy of the whole state in
+// memory).
 func (f *File) save() error {
-	snap := f.mem.Export()
-	snap.SavedAt = f.now().UTC()
-	data, err := json.Marshal(snap)
+	start := time.Now()
+	var n int64
+	err := writeAtomic(resolveLink(f.path), func(w io.Writer) error {
+		cw := &countingWriter{w: w}
+		err := f.mem.writeDump(cw, f.now().UTC())
+		n = cw.n
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	return writeAtomic(resolveLink(f.path), data)
+	f.lastSave = f.now()
+	f.stats.Saves++
+	f.stats.Bytes += n
+	f.stats.Last = time.Since(start)
+	return nil
 }
 
-// writeAtomic writes data to path through a temporary file in the same
-// directory: write, fsync, rename, fsync the directory. path is the
-// file itself (a link's target): the rename replaces it, not a link.
-func writeAtomic(path string, data []byte) (err error) {
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// writeAtomic writes what write writes to path through a temporary file
+// in the same directory: write, fsync, rename, fsync the directory. path
+// is the file itself (a link's target): the rename replaces it, not a
+// link.
+func writeAtomic(path string, write func(io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, tempPrefix(path)+"*")
 	if err != nil {
@@ -345,7 +404,11 @@ func writeAtomic(path string, data []byte) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if _, err = tmp.Write(data); err != nil {
+	bw := bufio.NewWriterSize(tmp, 1<<16)
+	if err = write(bw); err != nil {
+		return err
+	}
+	if err = bw.Flush(); err != nil {
 		return err
 	}
 	if err = tmp.Sync(); err != nil {

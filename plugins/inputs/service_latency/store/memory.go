@@ -1,9 +1,11 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"time"
@@ -162,6 +164,44 @@ func (m *Memory) Export() *Dump {
 		d.Services[name] = raw
 	}
 	return d
+}
+
+// writeDump writes the state as a Dump (the state file's JSON), one
+// service's entry at a time: the same document as json.Marshal(Export())
+// with SavedAt set, without holding all of it in memory. The store is
+// locked meanwhile (an Update waits).
+func (m *Memory) writeDump(w io.Writer, savedAt time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	head, err := json.Marshal(&Dump{Version: DumpVersion, SavedAt: savedAt})
+	if err != nil {
+		return err
+	}
+	// {"version":2,"saved_at":"...","services":null} → ...,"services":{
+	head = append(bytes.TrimSuffix(head, []byte("null}")), '{')
+	if _, err := w.Write(head); err != nil {
+		return err
+	}
+	buf := make([]byte, 0, 4096)
+	first := true
+	for name, e := range m.states {
+		if e.state == nil || e.state.Validate(e.params) != nil {
+			continue
+		}
+		buf = buf[:0]
+		if !first {
+			buf = append(buf, ',')
+		}
+		first = false
+		buf = appendJSONString(buf, name)
+		buf = append(buf, ':')
+		buf = appendEntry(buf, e.state, e.params)
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+	}
+	_, err = w.Write([]byte("}}"))
+	return err
 }
 
 // Import implements Persister.
