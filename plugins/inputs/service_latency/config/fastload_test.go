@@ -75,7 +75,8 @@ func TestFastParseEqualsOneParse(t *testing.T) {
 				require.Equal(t, x.Empty(), y.Empty())
 			}
 		}
-		a.Username, a.Password = b.Username, b.Password
+		a.Options.Username = b.Options.Username
+		a.Options.Password = b.Options.Password
 		require.Equal(t, b, a, "service %d", i)
 	}
 	fast.Config.Services, slow.Config.Services = nil, nil
