@@ -28,14 +28,36 @@ type Sentinel struct {
 // SentinelDownAfter is the Sentinels' down-after-milliseconds.
 const SentinelDownAfter = time.Second
 
+// StartReplica starts a replica of master (replicaof) on a free port and
+// waits until it is in sync. It stops it when the test ends.
+func StartReplica(tb testing.TB, master *Server) *Server {
+	tb.Helper()
+	r := &Server{tb: tb, dir: tb.TempDir()}
+	r.extra = []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.port)}
+	r.startOnFreePort()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c := r.plainClient()
+		info, _ := c.Info(ctx, "replication").Result()
+		c.Close()
+		cancel()
+		if strings.Contains(info, "master_link_status:up") {
+			return r
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("replica %s not in sync with %s", r.Addr(), master.Addr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // StartSentinel starts them and waits until every Sentinel knows the
 // replica and the two other Sentinels. It stops them when the test ends.
 func StartSentinel(tb testing.TB) *Sentinel {
 	tb.Helper()
 	m := Start(tb)
-	r := &Server{tb: tb, dir: tb.TempDir()}
-	r.extra = []string{"--replicaof", "127.0.0.1", strconv.Itoa(m.port)}
-	r.startOnFreePort()
+	r := StartReplica(tb, m)
 	st := &Sentinel{tb: tb, Master: m, Replica: r}
 	for range 3 {
 		s := &Server{tb: tb, dir: tb.TempDir()}

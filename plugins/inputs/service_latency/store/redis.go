@@ -77,6 +77,12 @@ type RedisOptions struct {
 	// of services with queued observations, so that every one of them
 	// drains.
 	ReplayPerUpdate int
+	// WaitReplicas: a chunk counts as written only when this many replicas
+	// have it (WAIT after the chunk's writes, within half the Timeout);
+	// otherwise its observations stay queued and are sent again. 0: off
+	// (a write counts once the master has applied it; a failover may lose
+	// what the replica had not received yet).
+	WaitReplicas int
 	// Log receives the outage, replay and malformed-state messages.
 	Log telegraf.Logger
 	// Now is the clock of the warning rate limits (time.Now when nil).
@@ -161,6 +167,9 @@ type Redis struct {
 	replayed    atomic.Int64
 	slow        atomic.Int64
 	unreachable atomic.Bool
+	// unreplicated counts pipelines whose writes WAIT did not see on
+	// WaitReplicas replicas in time.
+	unreplicated atomic.Int64
 }
 
 // syncState says which merged state an agent's local state is: the
@@ -368,7 +377,10 @@ type batch struct {
 	observed bool
 	args     []interface{}
 	cmd      *redis.Cmd
-	out      *callResult // nil: not attempted
+	// unacked: the script ran but the write was not acknowledged by
+	// WaitReplicas replicas (not written).
+	unacked error
+	out     *callResult // nil: not attempted
 }
 
 // failure kinds of a chunk.
@@ -653,15 +665,17 @@ func (r *Redis) writeChunk(parent context.Context, client redis.UniversalClient,
 	defer cancel()
 	var chunkErr error
 	for attempt := 0; len(todo) > 0 && attempt < 2; attempt++ {
-		pipe := client.Pipeline()
-		for _, b := range todo {
-			b.cmd = redisScript.EvalSha(ctx, pipe, r.keys(b.service), b.args...)
-		}
-		_, execErr := pipe.Exec(ctx)
+		execErr := r.execScripts(ctx, client, todo)
 		var noscript []*batch
 		for _, b := range todo {
 			v, err := b.cmd.Result()
 			switch {
+			case v != nil && b.unacked != nil:
+				// Applied by the master but not acknowledged by
+				// wait_replicas replicas: not written. It is queued and
+				// sent again (the script skips it if it survives).
+				b.out = &callResult{err: b.unacked}
+				chunkErr = cmp.Or(chunkErr, b.unacked)
 			case v != nil:
 				// A whole reply was read (go-redis sets the round trip's
 				// error on every command once a later reply fails): the
@@ -702,7 +716,91 @@ func (r *Redis) writeChunk(parent context.Context, client redis.UniversalClient,
 		b.out = &callResult{err: err}
 		chunkErr = cmp.Or(chunkErr, err)
 	}
+	if cc, ok := client.(*redis.ClusterClient); ok && chunkErr != nil && r.opts.WaitReplicas > 0 {
+		cc.ReloadState(ctx) // a failover moves the slots: ask again
+	}
 	return chunkErr
+}
+
+// execScripts sends the batches' script calls in one pipeline and
+// returns the round trip's error; each batch's reply is in b.cmd. With
+// WaitReplicas, each pipeline ends with WAIT on the connection that
+// carried the writes (one pipeline per master in a Cluster), and a batch
+// whose master does not report WaitReplicas replicas within half the
+// timeout gets b.unacked.
+func (r *Redis) execScripts(ctx context.Context, client redis.UniversalClient, todo []*batch) error {
+	for _, b := range todo {
+		b.unacked = nil
+	}
+	n := r.opts.WaitReplicas
+	if n <= 0 {
+		pipe := client.Pipeline()
+		for _, b := range todo {
+			b.cmd = redisScript.EvalSha(ctx, pipe, r.keys(b.service), b.args...)
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	waitFor := max(r.opts.Timeout/2, time.Millisecond)
+	run := func(c redis.Cmdable, group []*batch) error {
+		pipe := c.Pipeline()
+		for _, b := range group {
+			b.cmd = redisScript.EvalSha(ctx, pipe, r.keys(b.service), b.args...)
+		}
+		wait := redis.NewIntCmd(ctx, "wait", n, waitFor.Milliseconds())
+		_ = pipe.Process(ctx, wait)
+		_, err := pipe.Exec(ctx)
+		var unacked error
+		switch got, werr := wait.Result(); {
+		case werr != nil:
+			unacked = fmt.Errorf("WAIT %d: %w", n, werr)
+		case got < int64(n):
+			unacked = fmt.Errorf("written, but acknowledged by %d of wait_replicas = %d replicas within %s", got, n, waitFor)
+		}
+		if unacked != nil {
+			for _, b := range group {
+				b.unacked = unacked
+			}
+			r.unreplicated.Add(1)
+		}
+		return err
+	}
+	cc, ok := client.(*redis.ClusterClient)
+	if !ok {
+		return run(client, todo)
+	}
+	// A Cluster pipeline spreads the calls over the masters' connections;
+	// WAIT must follow the writes on each: one pipeline per master.
+	groups := map[*redis.Client][]*batch{}
+	var order []*redis.Client
+	var firstErr error
+	for _, b := range todo {
+		m, err := cc.MasterForKey(ctx, r.keys(b.service)[0])
+		if err != nil {
+			b.cmd = redis.NewCmd(ctx)
+			b.cmd.SetErr(err)
+			firstErr = cmp.Or(firstErr, err)
+			continue
+		}
+		if groups[m] == nil {
+			order = append(order, m)
+		}
+		groups[m] = append(groups[m], b)
+	}
+	errs := make([]error, len(order))
+	var wg sync.WaitGroup
+	for i, m := range order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = run(m, groups[m])
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		firstErr = cmp.Or(firstErr, err)
+	}
+	return firstErr
 }
 
 // classify tells why a chunk failed. A chunk that missed its deadline

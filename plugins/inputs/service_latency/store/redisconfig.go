@@ -43,6 +43,9 @@ type RedisConfig struct {
 	Timeout   config.Duration `toml:"timeout"`
 	AgentID   string          `toml:"agent_id"`
 	QueueSize int             `toml:"queue_size"`
+	// WaitReplicas: a write counts as done only when this many replicas
+	// have it (WAIT); 0: off.
+	WaitReplicas int `toml:"wait_replicas"`
 
 	tls.ClientConfig
 }
@@ -146,6 +149,7 @@ func (c *RedisConfig) Options() (RedisOptions, error) {
 	o.Timeout = time.Duration(c.Timeout)
 	o.QueueSize = c.QueueSize
 	o.AgentID = c.AgentID
+	o.WaitReplicas = c.WaitReplicas
 	if err := o.check(); err != nil {
 		return o, err
 	}
@@ -171,6 +175,9 @@ func (o *RedisOptions) check() error {
 	}
 	if strings.ContainsAny(o.AgentID, " \t\r\n:") {
 		return keyerr.Errorf("agent_id", "%q may not contain blanks or ':'", o.AgentID)
+	}
+	if o.WaitReplicas < 0 {
+		return keyerr.Errorf("wait_replicas", "%d: must not be negative (0 or unset: off)", o.WaitReplicas)
 	}
 	if o.ChunkSize < 0 {
 		return keyerr.Errorf("chunk_size", "%d: must not be negative (0 or unset: %d)", o.ChunkSize, DefaultRedisChunkSize)
