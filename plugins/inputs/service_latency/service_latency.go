@@ -15,9 +15,7 @@ package service_latency
 
 import (
 	"context"
-	"crypto/rand"
 	_ "embed"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -91,15 +89,6 @@ func (p *ServiceLatency) Init() error {
 	if err != nil {
 		return err
 	}
-	if spec.Store.Kind == "redis" && spec.Store.Fleet.Replicas > 0 && spec.Store.Redis.AgentID == "" {
-		// the store and the fleet must know the agent by the same id
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			spec.Close()
-			return err
-		}
-		spec.Store.Redis.AgentID = hex.EncodeToString(b[:])
-	}
 	st, err := openStore(spec.Store, p.Log)
 	if err != nil {
 		spec.Close()
@@ -109,7 +98,9 @@ func (p *ServiceLatency) Init() error {
 	if spec.Store.Kind == "redis" && spec.Store.Fleet.Replicas > 0 {
 		fo := spec.Store.Fleet
 		fo.Log, fo.Version = p.Log, status.Version
-		if fleet, err = store.NewFleet(spec.Store.Redis, fo); err != nil {
+		ro := spec.Store.Redis
+		ro.AgentID = st.(*store.Redis).AgentID() // the store's and the fleet's agent are one
+		if fleet, err = store.NewFleet(ro, fo); err != nil {
 			_ = st.Close()
 			spec.Close()
 			return config.Nested("redis.", err)

@@ -83,6 +83,10 @@ type RedisOptions struct {
 	// (a write counts once the master has applied it; a failover may lose
 	// what the replica had not received yet).
 	WaitReplicas int
+	// QueueFile keeps the replay queue on disk (see redisqueue.go): loaded
+	// by NewRedis, rewritten after every Update that leaves it non-empty
+	// (or empties it). "": in memory only.
+	QueueFile string
 	// Log receives the outage, replay and malformed-state messages.
 	Log telegraf.Logger
 	// Now is the clock of the warning rate limits (time.Now when nil).
@@ -170,6 +174,10 @@ type Redis struct {
 	// unreplicated counts pipelines whose writes WAIT did not see on
 	// WaitReplicas replicas in time.
 	unreplicated atomic.Int64
+	// queueOnDisk: the observations in the queue file at its last write;
+	// queueWarnAt: its last write warning.
+	queueOnDisk int
+	queueWarnAt time.Time
 }
 
 // syncState says which merged state an agent's local state is: the
@@ -242,6 +250,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	if len(opts.Client.Addrs) == 0 {
 		return nil, keyerr.New("address", errors.New("no Redis address"))
 	}
+	configuredID := opts.AgentID != ""
 	if opts.AgentID == "" {
 		var b [8]byte
 		if _, err := rand.Read(b[:]); err != nil {
@@ -269,7 +278,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	c.MaxRetries = 1
 	c.MinRetryBackoff = 5 * time.Millisecond
 	c.MaxRetryBackoff = 50 * time.Millisecond
-	return &Redis{
+	r := &Redis{
 		opts:    opts,
 		mapping: mappingID,
 		now:     opts.Now,
@@ -281,7 +290,20 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		forceReset: make(map[string]bool),
 		synced:     make(map[string]*syncState),
 		thresholds: make(map[string]string),
-	}, nil
+	}
+	if opts.QueueFile != "" {
+		// The queued observations replay under the id they were sent
+		// with (a write whose reply was lost is then skipped, not
+		// counted twice): a random id gives way to the file's.
+		switch id := r.loadQueueLocked(); {
+		case id == "" || id == r.opts.AgentID:
+		case !configuredID:
+			r.opts.AgentID = id
+		case len(r.queue) > 0:
+			r.opts.Log.Warnf("Redis state store: queue file %s was written by agent %q, this agent is %q: its %d observations are replayed as this agent's (one whose reply was lost before may count twice)", opts.QueueFile, id, r.opts.AgentID, len(r.queue))
+		}
+	}
+	return r, nil
 }
 
 // go-redis logs through a process-wide logger (to stderr by default, with
@@ -489,6 +511,7 @@ func (r *Redis) Update(ctx context.Context, now time.Time, obs []Observation) ([
 	r.queue = q
 	r.replayed.Add(replayed)
 	r.trimQueueLocked()
+	r.saveQueueLocked()
 	r.report(fail, replayed)
 	return res, nil
 }
@@ -1302,6 +1325,7 @@ func (r *Redis) Retain(keep func(string) bool) {
 	}
 	r.queue = q
 	r.queueLen.Store(int64(len(q)))
+	r.saveQueueLocked()
 }
 
 // Close implements Store: it tries once (within the timeout, chunk by
@@ -1338,12 +1362,17 @@ func (r *Redis) Close() error {
 		r.queue = q
 		r.replayed.Add(replayed)
 		r.queueLen.Store(int64(len(q)))
+		r.saveQueueLocked()
 		if len(q) > 0 {
 			why := "no time left"
 			if fail != nil {
 				why = redact.Text(fail.err.Error())
 			}
-			r.opts.Log.Warnf("Redis state store: closing with %d observations that could not be written (%s); they are lost", len(q), why)
+			if r.opts.QueueFile != "" && r.queueOnDisk == len(q) {
+				r.opts.Log.Infof("Redis state store: closing with %d observations that could not be written (%s); kept in queue file %s for the next start", len(q), why, r.opts.QueueFile)
+			} else {
+				r.opts.Log.Warnf("Redis state store: closing with %d observations that could not be written (%s); they are lost", len(q), why)
+			}
 		}
 	}
 	return r.client.Close()

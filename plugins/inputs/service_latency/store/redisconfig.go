@@ -46,6 +46,8 @@ type RedisConfig struct {
 	// WaitReplicas: a write counts as done only when this many replicas
 	// have it (WAIT); 0: off.
 	WaitReplicas int `toml:"wait_replicas"`
+	// QueueFile keeps the replay queue on disk across restarts.
+	QueueFile string `toml:"queue_file"`
 
 	tls.ClientConfig
 }
@@ -150,6 +152,7 @@ func (c *RedisConfig) Options() (RedisOptions, error) {
 	o.QueueSize = c.QueueSize
 	o.AgentID = c.AgentID
 	o.WaitReplicas = c.WaitReplicas
+	o.QueueFile = c.QueueFile
 	if err := o.check(); err != nil {
 		return o, err
 	}
@@ -173,8 +176,11 @@ func (o *RedisOptions) check() error {
 	if o.QueueSize < 0 {
 		return keyerr.Errorf("queue_size", "%d: must not be negative (0 or unset: %d)", o.QueueSize, DefaultRedisQueueSize)
 	}
-	if strings.ContainsAny(o.AgentID, " \t\r\n:") {
-		return keyerr.Errorf("agent_id", "%q may not contain blanks or ':'", o.AgentID)
+	if err := checkAgentID(o.AgentID); err != nil {
+		return err
+	}
+	if err := checkQueueFile(o.QueueFile); err != nil {
+		return err
 	}
 	if o.WaitReplicas < 0 {
 		return keyerr.Errorf("wait_replicas", "%d: must not be negative (0 or unset: off)", o.WaitReplicas)
