@@ -209,7 +209,7 @@ func TestBinaryRedisKilledMidRunAndRestarted(t *testing.T) {
 
 	c := rs.Client()
 	for _, svc := range []string{"a", "b"} {
-		n, err := c.HGet(context.Background(), "bin:{"+svc+"}:stats", "count").Int()
+		n, err := redistest.BlobInt(context.Background(), c, "bin:{"+svc+"}:state", 4) // count
 		require.NoError(t, err)
 		require.Equal(t, probes, n, "in Redis: every probe, exactly once")
 	}

@@ -181,8 +181,8 @@ func TestVerdictSharedThroughRedis(t *testing.T) {
 
 	// both gathering at once, many rounds: each round counted exactly once
 	ctx := context.Background()
-	key := "test:{api}:stats"
-	before, err := rs.Client().HGet(ctx, key, "vf").Int()
+	key := "test:{api}:state"
+	before, err := redistest.BlobInt(ctx, rs.Client(), key, 18) // the verdict's failed rounds
 	require.NoError(t, err)
 	const n = 15
 	var wg sync.WaitGroup
@@ -199,7 +199,7 @@ func TestVerdictSharedThroughRedis(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	vf, err := rs.Client().HGet(ctx, key, "vf").Int()
+	vf, err := redistest.BlobInt(ctx, rs.Client(), key, 18)
 	require.NoError(t, err)
 	require.Equal(t, before+2*n, vf, "every agent's failed round counted once")
 	sa, sb := gather(t, a)["api"], gather(t, b)["api"]
