@@ -178,11 +178,16 @@ func TestFileDropsRemovedServicesAtTheNextSave(t *testing.T) {
 	require.NoError(t, f.Close())
 	// restarted with only "a" configured
 	g, _ := newFile(t, path)
-	_, err = g.Update(ctx, time.Now(), []Observation{{Service: "a", Params: testParams, OK: true, Latency: 0.01}})
+	first := time.Now()
+	_, err = g.Update(ctx, first, []Observation{{Service: "a", Params: testParams, OK: true, Latency: 0.01}})
+	require.NoError(t, err)
+	require.Contains(t, g.Export().Services, "b", "the first gather may have more Updates (batches) to come")
+	_, err = g.Update(ctx, first.Add(10*time.Second), []Observation{{Service: "a", Params: testParams, OK: true, Latency: 0.01}})
 	require.NoError(t, err)
 	snap := g.Export()
 	require.Contains(t, snap.Services, "a")
-	require.NotContains(t, snap.Services, "b")
+	require.NotContains(t, snap.Services, "b", "not seen in the first gather: dropped at the second")
+	require.NoError(t, g.Close())
 	data, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.NotContains(t, string(data), `"b"`)
@@ -278,4 +283,28 @@ func TestMemoryParamsChangeRebuildsBuckets(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, res[0].Warning)
 	require.Equal(t, []int64{1, 2, 1}, res[0].State.Buckets, "same number of buckets, new bounds")
+}
+
+// TestFileKeepsServicesOfTheFirstGathersLaterBatches: a gather of more
+// than one batch (500 rounds, or a spread) is several Updates with the
+// gather's start as now; the services of the later batches keep their
+// restored state.
+func TestFileKeepsServicesOfTheFirstGathersLaterBatches(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	f, _ := newFile(t, path)
+	ctx := context.Background()
+	at := time.Now()
+	_, err := f.Update(ctx, at, twoObs(0.01, 0.02, true))
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	g, _ := newFile(t, path)
+	at = at.Add(10 * time.Second)
+	for _, name := range []string{"a", "b"} { // one gather, two batches
+		es, err := g.Update(ctx, at, []Observation{{Service: name, Params: testParams, OK: true, Latency: 0.01}})
+		require.NoError(t, err)
+		require.Equal(t, int64(2), es[0].State.Count, "%s goes on from its restored state", name)
+	}
+	_, err = g.Update(ctx, at.Add(10*time.Second), twoObs(0.01, 0.02, true))
+	require.NoError(t, err)
+	require.Len(t, g.Export().Services, 2)
 }

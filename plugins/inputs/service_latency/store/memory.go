@@ -20,9 +20,15 @@ type Memory struct {
 	// bad holds, per service, why its imported entry was rejected: the
 	// warning of its next Update (which starts over from the sample).
 	bad map[string]error
-	// pruneNext drops, at the next Update, the services it does not
-	// observe: imported state of services no longer configured.
+	// pruneNext drops the imported state of services no longer
+	// configured: those not observed during the first gather after the
+	// import (every Update of a gather has the gather's start as now; a
+	// gather is several Updates of at most 500 rounds), once the next
+	// gather's first Update comes. pruneAt is the first gather's now,
+	// pruneSeen the services observed in it.
 	pruneNext bool
+	pruneAt   time.Time
+	pruneSeen map[string]bool
 	// out is Update's result slice, reused from call to call (the Store
 	// contract: results are valid until the next Update).
 	out []Entry
@@ -49,19 +55,24 @@ func (m *Memory) Update(_ context.Context, now time.Time, obs []Observation) ([]
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.pruneNext {
-		m.pruneNext = false
-		seen := make(map[string]bool, len(obs))
+		if m.pruneAt.IsZero() {
+			m.pruneAt = now
+		}
 		for i := range obs {
-			seen[obs[i].Service] = true
+			m.pruneSeen[obs[i].Service] = true
 		}
-		for name := range m.states {
-			if !seen[name] {
-				delete(m.states, name)
+		if !now.Equal(m.pruneAt) { // the second gather: the first saw every configured service
+			seen := m.pruneSeen
+			m.pruneNext, m.pruneAt, m.pruneSeen = false, time.Time{}, nil
+			for name := range m.states {
+				if !seen[name] {
+					delete(m.states, name)
+				}
 			}
-		}
-		for name := range m.bad {
-			if !seen[name] {
-				delete(m.bad, name)
+			for name := range m.bad {
+				if !seen[name] {
+					delete(m.bad, name)
+				}
 			}
 		}
 	}
@@ -233,6 +244,6 @@ func (m *Memory) importDump(snap *Dump, source string) (int, error) {
 	defer m.mu.Unlock()
 	m.states = states
 	m.bad = bad
-	m.pruneNext = true
+	m.pruneNext, m.pruneAt, m.pruneSeen = true, time.Time{}, make(map[string]bool, len(states))
 	return len(bad), nil
 }

@@ -104,7 +104,8 @@ type Persister interface {
 	// unknown version is an error and changes nothing; a malformed service
 	// entry is skipped, and that service falls back to the current sample
 	// at its next Update, with a warning naming it. Services absent from
-	// the first Update after an Import are dropped.
+	// the first gather after an Import (its Updates share their now) are
+	// dropped when the next gather's first Update comes.
 	Import(*Dump) error
 }
 
