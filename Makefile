@@ -6,7 +6,7 @@ COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null)
 LDFLAGS   := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test unit e2e rules bench lint deps clean docs fuzz fuzz-short
+.PHONY: all build run test unit e2e rules bench bench-scale lint deps clean docs fuzz fuzz-short
 
 all: build
 
@@ -76,6 +76,14 @@ bench: deps build
 	  ./plugins/inputs/service_latency/stats/ ./plugins/inputs/service_latency/internal/gather/ ./benchmarks/ \
 	  > $(BIN)/micro.txt || { cat $(BIN)/micro.txt; exit 1; }
 	$(BIN)/latency_bench -target $(BIN)/latency_target -micro $(BIN)/micro.txt -out BENCHMARKS.md $(BENCH_FLAGS)
+
+## bench-scale: issue 17 — start-up, RSS with the window filled, retained heap per service and the
+## state file's save at 1,000 / 10,000 / 100,000 services, one child process each (about 5 minutes;
+## not part of `test`); writes the table into BENCHMARKS.md. SCALE_FLAGS="-n 1000,10000" for fewer.
+SCALE_FLAGS ?=
+bench-scale: build
+	$(GO) build -o $(BIN)/latency_scale ./benchmarks/scale
+	$(BIN)/latency_scale -target $(BIN)/latency_target -out BENCHMARKS.md $(SCALE_FLAGS)
 
 ## fuzz: each fuzz target for FUZZTIME (default 60s; e.g. make fuzz FUZZTIME=10m). A crasher is
 ## written to <package>/testdata/fuzz/<Target>/: fix it and keep the file as a regression case
