@@ -334,6 +334,9 @@ func (f *Fleet) Renew(ctx context.Context, interval time.Duration) *Share {
 		return &Share{All: true, Err: errors.New("fleet closed")}
 	}
 	members, err := f.renew(ctx, interval)
+	if err != nil && ctx.Err() != nil {
+		return &Share{All: true, Err: err} // shutting down: nothing to report
+	}
 	if err != nil {
 		now := time.Now()
 		if !f.down || f.warnedAt.IsZero() || now.Sub(f.warnedAt) >= time.Minute {
