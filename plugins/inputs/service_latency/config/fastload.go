@@ -177,16 +177,19 @@ func parseChunked(src string, cuts []int) (*ast.Table, []*ast.Table, error) {
 		return nil, nil, errSlow
 	}
 	type chunk struct {
-		start, end, services int
-		tables               []*ast.Table
-		err                  error
+		start, end, services, lines int
+		tables                      []*ast.Table
+		err                         error
 	}
 	var chunks []*chunk
+	lines, counted := 0, 0 // the lines before src[counted:]
 	for k := 0; k < len(cuts); k += chunkServices {
 		c := &chunk{start: cuts[k], end: len(src), services: min(chunkServices, len(cuts)-k)}
 		if k+chunkServices < len(cuts) {
 			c.end = cuts[k+chunkServices]
 		}
+		lines += strings.Count(src[counted:c.start], "\n")
+		counted, c.lines = c.start, lines
 		chunks = append(chunks, c)
 	}
 	work := make(chan *chunk)
@@ -196,7 +199,7 @@ func parseChunked(src string, cuts []int) (*ast.Table, []*ast.Table, error) {
 		go func() {
 			defer wg.Done()
 			for c := range work {
-				c.tables, c.err = parseServiceChunk(src[c.start:c.end], c.services, strings.Count(src[:c.start], "\n"))
+				c.tables, c.err = parseServiceChunk(src[c.start:c.end], c.services, c.lines)
 			}
 		}()
 	}
