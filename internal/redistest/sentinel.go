@@ -189,3 +189,28 @@ func (st *Sentinel) WaitFailover(old *Server, within time.Duration) *Server {
 	st.tb.Fatalf("no failover within %s", within)
 	return nil
 }
+
+// RestartAsReplicaOf starts a stopped or killed server again on its port
+// as a replica of master (an old master coming back after a failover,
+// without waiting for the Sentinels to reconfigure it) and waits until it
+// is in sync.
+func (s *Server) RestartAsReplicaOf(master *Server) {
+	s.tb.Helper()
+	s.extra = []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.port)}
+	s.Restart()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c := s.plainClient()
+		info, _ := c.Info(ctx, "replication").Result()
+		c.Close()
+		cancel()
+		if strings.Contains(info, "master_link_status:up") {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.tb.Fatalf("%s not in sync with %s", s.Addr(), master.Addr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -150,7 +150,7 @@ func TestRedisSentinelFailoverLosesNothing(t *testing.T) {
 			var promoted *redistest.Server
 			read := redis.NewClient(&redis.Options{Addr: st.Replica.Addr(), DisableIdentity: true})
 			defer read.Close()
-			f := runThroughFailover(t, mk, old.Kill, func() { promoted = st.WaitFailover(old, 30*time.Second) }, old.Restart, read, 20)
+			f := runThroughFailover(t, mk, old.Kill, func() { promoted = st.WaitFailover(old, 30*time.Second) }, func() { old.RestartAsReplicaOf(promoted) }, read, 20)
 			require.Equal(t, st.Replica, promoted)
 			t.Logf("sentinel, wait_replicas=%d: %d observations submitted, %d stored, %d lost, %d doubled; a queue first drained %s after the kill, both queues %s after it",
 				wait, f.submitted, f.stored, f.lost, f.doubled, f.resumedText(), f.drained.Round(time.Millisecond))
