@@ -710,9 +710,19 @@ func TestTelegrafPrometheusPipeline(t *testing.T) {
 				distinct = append(distinct, f)
 			}
 		}
+		// Each gather adds exactly one; a scrape every 500 ms of a 1 s
+		// interval can still miss one value when Telegraf's flush and the
+		// scrape drift past each other (a step of 2), never lose or repeat
+		// a count: the rate below holds it to one per interval.
+		skipped := 0
 		for i := 1; i < len(distinct); i++ {
-			require.Equal(t, distinct[i-1]+1, distinct[i], "latency_count went %v -> %v (%v)", distinct[i-1], distinct[i], distinct)
+			step := distinct[i] - distinct[i-1]
+			require.Contains(t, []float64{1, 2}, step, "latency_count went %v -> %v (%v)", distinct[i-1], distinct[i], distinct)
+			if step == 2 {
+				skipped++
+			}
 		}
+		require.LessOrEqual(t, skipped, 2, "scrapes that missed a gather's value: %v", distinct)
 		span := sampleTime(t, vals[len(vals)-1]).Sub(sampleTime(t, vals[0])).Seconds()
 		rate := (distinct[len(distinct)-1] - distinct[0]) / span
 		require.InDelta(t, 1.0, rate, 0.2, "latency_count per second over %.1fs: %v", span, distinct)
