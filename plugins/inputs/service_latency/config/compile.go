@@ -87,6 +87,7 @@ func Compile(c *Config) (*Spec, error) {
 			Spread:         c.Spread.D,
 			SpreadAuto:     c.Spread.Auto,
 			Seed:           seed,
+			History:        c.StatusListen != "",
 			Shape: gather.Shape{
 				NoResultTag:    c.ResultTag != nil && !*c.ResultTag,
 				NoStringFields: c.StringFields != nil && !*c.StringFields,

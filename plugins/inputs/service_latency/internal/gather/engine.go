@@ -297,7 +297,10 @@ func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit fun
 		s := &Service{}
 		e.service(s, t, &rd.result, entry.State, roundAt)
 		s.At = rd.start
-		s.History = t.remember(rd.start, &rd.result, s.Error)
+		t.remember(rd.start, &rd.result, s.Error)
+		if e.settings.History {
+			s.History = t.recent() // only a status server reads it
+		}
 		// the schedule counts from the planned start (the gather's time
 		// plus the offset), so that it follows the gathers' own clock
 		t.lastStart, t.fresh = rd.scheduled, s

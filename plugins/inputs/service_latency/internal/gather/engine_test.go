@@ -320,3 +320,19 @@ func TestShapeForPrometheus(t *testing.T) {
 		}
 	}
 }
+
+// History reaches the Service only when a status server reads it.
+func TestHistoryOnlyWhenAsked(t *testing.T) {
+	srv := newArrivals(t)
+	for _, want := range []bool{false, true} {
+		e := New(store.NewMemory(), nopLog{})
+		e.SetTargets(targets(t, srv, 1, Schedule{Timeout: time.Second, Samples: 1}), Settings{MaxConcurrency: 1, History: want})
+		gatherAll(t, e, time.Now())
+		_, got := gatherAll(t, e, time.Now())
+		if want {
+			require.Len(t, got[0].History, 2)
+		} else {
+			require.Nil(t, got[0].History)
+		}
+	}
+}

@@ -21,7 +21,8 @@ func TestHistoryNewestFirstBounded(t *testing.T) {
 			r = probe.Result{Outcome: probe.Timeout, Err: errors.New("late")}
 			msg = "timeout: late"
 		}
-		got = tg.remember(base.Add(time.Duration(i)*time.Second), &r, msg)
+		tg.remember(base.Add(time.Duration(i)*time.Second), &r, msg)
+		got = tg.recent()
 		require.Len(t, got, min(i+1, HistoryLen))
 		for k, h := range got {
 			n := i - k

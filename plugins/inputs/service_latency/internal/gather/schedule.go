@@ -33,6 +33,9 @@ type Settings struct {
 	Seed string
 	// Shape of the metrics (result_tag, string_fields).
 	Shape Shape
+	// History: give each Service its last rounds (for a status server;
+	// without one the copy would be garbage every round).
+	History bool
 }
 
 // cadenceHistory is how many recent gather starts the cadence is taken

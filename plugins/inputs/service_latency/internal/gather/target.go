@@ -70,9 +70,9 @@ type pastRound struct {
 	outcome probe.Outcome
 }
 
-// remember adds a round to the history and returns the history newest
-// first.
-func (t *Target) remember(at time.Time, r *probe.Result, errText string) []HistoryEntry {
+// remember adds a round to the history ring (no allocation once it is
+// full).
+func (t *Target) remember(at time.Time, r *probe.Result, errText string) {
 	p := pastRound{at: at.UnixNano(), err: errText, outcome: r.Outcome}
 	if r.Outcome == probe.Success {
 		p.latency = r.Latency.Seconds()
@@ -83,6 +83,10 @@ func (t *Target) remember(at time.Time, r *probe.Result, errText string) []Histo
 		t.history[t.next] = p
 	}
 	t.next = (t.next + 1) % HistoryLen
+}
+
+// recent returns the history newest first.
+func (t *Target) recent() []HistoryEntry {
 	out := make([]HistoryEntry, len(t.history))
 	for i := range out {
 		h := &t.history[(t.next-1-i+HistoryLen)%HistoryLen%len(t.history)]
