@@ -345,7 +345,8 @@ func TestPublishWhileServing(t *testing.T) {
 		served.Load(), loaded[len(loaded)/2], loaded[len(loaded)*9/10], loaded[len(loaded)-1],
 		quiet[len(quiet)/2], quiet[len(quiet)*9/10], quiet[len(quiet)-1])
 	require.Equal(t, int64(1), doc.Gathers, "the held request serves the report it began with")
-	require.Len(t, doc.Services, 2000)
+	require.Len(t, doc.Services, DefaultLimit)
+	require.Equal(t, 2000, doc.ServicesTotal)
 	require.Equal(t, int64(reports+2), getStatus(t, s).Gathers)
 	require.NotZero(t, served.Load(), "requests were served meanwhile")
 	// Publish takes no lock a handler holds: under load it is only as
@@ -396,17 +397,18 @@ func BenchmarkPublishNoErrors(b *testing.B) {
 	}
 }
 
-// BenchmarkRender: one render of 2,000 services (once per report read).
+// BenchmarkRender: one render of the first page (DefaultLimit services,
+// once per report read) of 2,000 services.
 func BenchmarkRender(b *testing.B) {
 	s := New(Settings{Listen: "127.0.0.1:0"}, nil)
 	now := time.Now()
 	s.Publish(report(now, synthServices(2000, now)...))
 	sn := s.cur.Load()
+	budget := s.listBudget(sn.framed())
 	b.ReportAllocs()
 	for b.Loop() {
-		d := sn.render(MaxBodyBytes)
-		if d.err != nil {
-			b.Fatal(d.err)
+		if l := sn.renderListing(0, DefaultLimit, budget, true); l.err != nil {
+			b.Fatal(l.err)
 		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"runtime"
-	"slices"
 	"sync"
 	"time"
 
@@ -26,8 +25,13 @@ type snapshot struct {
 	services *gather.Report
 	errs     []serviceError
 
-	once sync.Once
-	doc  *document
+	// The /status document's frame (everything but the services part),
+	// rendered once, and its default page (no parameters), rendered
+	// once: the bytes most requests get.
+	frameOnce sync.Once
+	frame     *document
+	once      sync.Once
+	firstPage *listing
 
 	// The operator's page (page.go): its JSON, rendered once like doc,
 	// and the services by name.
@@ -44,24 +48,31 @@ type serviceError struct {
 	at  time.Time
 }
 
-// document is a rendered /status body less "healthy" and "health", which
-// go between head and tail; tail is mid and list.
+// document is the frame of a rendered /status body: head is "{" and
+// "build"; "healthy" and "health" (per request) follow, then mid
+// ("gathers", "last_gather", "internal") and a listing's tail.
 type document struct {
-	head, mid, list []byte
-	err             error
+	head, mid []byte
+	err       error
 }
 
-func (d *document) size() int { return len(d.head) + len(d.mid) + len(d.list) }
+// framed returns sn's frame, rendered on first use.
+func (sn *snapshot) framed() *document {
+	sn.frameOnce.Do(func() { sn.frame = sn.renderFrame() })
+	return sn.frame
+}
 
-func (sn *snapshot) rendered(s *Server) *document {
+// defaultPage returns the listing of a /status request without
+// parameters (the first DefaultLimit services), rendered once for sn.
+func (sn *snapshot) defaultPage(s *Server) *listing {
 	sn.once.Do(func() {
 		s.renders.Add(1)
 		if s.onRender != nil {
 			s.onRender()
 		}
-		sn.doc = sn.render(s.maxBody)
+		sn.firstPage = sn.renderListing(0, DefaultLimit, s.listBudget(sn.framed()), true)
 	})
-	return sn.doc
+	return sn.firstPage
 }
 
 type buildInfo struct {
@@ -78,9 +89,9 @@ type gatherInfo struct {
 	Error           string    `json:"error,omitempty"`
 }
 
-// render writes the document as json.MarshalIndent(doc, "", "  ") would,
-// one member at a time so that the services can stop at maxBody.
-func (sn *snapshot) render(maxBody int) *document {
+// renderFrame writes the frame as json.MarshalIndent(doc, "", "  ")
+// would, one member at a time (the listing and the health go between).
+func (sn *snapshot) renderFrame() *document {
 	var head, tail bytes.Buffer
 	top := json.NewEncoder(&tail)
 	top.SetIndent("  ", "  ")
@@ -126,67 +137,7 @@ func (sn *snapshot) render(maxBody int) *document {
 			return &document{err: err}
 		}
 	}
-
-	var svcs []gather.Service
-	if sn.services != nil {
-		svcs = sn.services.Services
-	}
-	list, shown, err := renderServices(svcs, sn.errs, maxBody-head.Len()-tail.Len()-reserve)
-	if err != nil {
-		return &document{err: err}
-	}
-	if shown < len(svcs) {
-		_ = member(&tail, "services_truncated", true)
-		_ = member(&tail, "services_total", len(svcs))
-	}
-	tail.WriteString("  \"services\": ")
-	return &document{head: head.Bytes(), mid: tail.Bytes(), list: list}
-}
-
-// reserve is room left in the body for "healthy", "health", the
-// truncation flags and the closing brackets.
-const reserve = 1 << 10
-
-// renderServices renders the services list as the last member of the
-// document, closing brackets included, with as many services (the first
-// ones) as fit in budget bytes.
-func renderServices(svcs []gather.Service, errs []serviceError, budget int) (list []byte, shown int, err error) {
-	const empty, end = "[]\n}\n", "\n  ]\n}\n"
-	if len(svcs) == 0 {
-		return []byte(empty), 0, nil
-	}
-	var e serviceEncoder
-	b := append(make([]byte, 0, 4<<10), '[')
-	for i := range svcs {
-		mark := len(b)
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, svcIndent...)
-		var le *serviceError
-		if len(errs) > 0 && errs[0].i == i {
-			le = &errs[0]
-			errs = errs[1:]
-		}
-		if b, err = e.appendService(b, &svcs[i], le); err != nil {
-			return nil, 0, err
-		}
-		if len(b)+len(end) > budget {
-			b = b[:mark]
-			break
-		}
-		if i == 0 {
-			// room for all, from the first one's size, within budget
-			if want := min(budget, (len(b)+len(b)/4)*len(svcs)); want > cap(b) {
-				b = slices.Grow(b, want-len(b))
-			}
-		}
-		shown++
-	}
-	if shown == 0 {
-		return []byte(empty), 0, nil
-	}
-	return append(b, end...), shown, nil
+	return &document{head: head.Bytes(), mid: tail.Bytes()}
 }
 
 // appendHealth appends the "healthy" and "health" members at now.

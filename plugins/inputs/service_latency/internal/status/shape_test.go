@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"runtime"
 	"strings"
 	"testing"
@@ -86,8 +87,12 @@ type legacyDoc struct {
 		DurationSeconds float64   `json:"duration_seconds"`
 		Error           string    `json:"error,omitempty"`
 	} `json:"last_gather,omitempty"`
-	Internal map[string]any  `json:"internal,omitempty"`
-	Services []legacyService `json:"services"`
+	Internal map[string]any `json:"internal,omitempty"`
+	// The paging keys (listing.go).
+	ServicesTotal     int             `json:"services_total"`
+	ServicesTruncated bool            `json:"services_truncated"`
+	NextAfter         *string         `json:"next_after"`
+	Services          []legacyService `json:"services"`
 }
 
 func legacyBody(t testing.TB, healthy bool, health string, gathers int64, r *gather.Report, gerr string, errs map[string]legacyService) []byte {
@@ -130,6 +135,7 @@ func legacyBody(t testing.TB, healthy bool, health string, gathers int64, r *gat
 			}
 			d.Services = append(d.Services, l)
 		}
+		d.ServicesTotal = len(d.Services)
 	}
 	b, err := json.MarshalIndent(&d, "", "  ")
 	require.NoError(t, err)
@@ -197,47 +203,60 @@ func TestRenderError(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 }
 
-// Beyond the body limit the services list is cut, in config order, and
-// flagged; the body stays valid JSON within the limit.
+// A page that would pass the body limit ends early, at a service in
+// config order, and says so: services_truncated, next_after the last
+// service it holds; every body stays valid JSON within the limit, and
+// following next_after lists every service once.
 func TestBodyLimit(t *testing.T) {
 	svcs := synthServices(2000, t0)
 	full := New(Settings{Listen: "127.0.0.1:0"}, nil)
 	full.Publish(report(t0, svcs...))
-	d := full.cur.Load().rendered(full)
-	require.NoError(t, d.err)
-	size := d.size()
-	require.Less(t, size, MaxBodyBytes, "2,000 services fit")
-	require.NotContains(t, string(d.mid), "services_truncated")
+	sn := full.cur.Load()
+	first := sn.defaultPage(full)
+	require.NoError(t, first.err)
+	size := len(sn.framed().head) + len(sn.framed().mid) + first.size()
+	require.Less(t, size, MaxBodyBytes, "the first page of 2,000 services fits")
+	require.Contains(t, string(first.keys), `"next_after": "svc-0999"`, "a whole page of DefaultLimit")
 
-	for _, limit := range []int{64 << 10, size / 2, 2 << 10} {
+	for _, limit := range []int{64 << 10, size / 2, 8 << 10} {
 		t.Run(fmt.Sprint(limit), func(t *testing.T) {
 			s := New(Settings{Listen: "127.0.0.1:0"}, nil)
 			s.maxBody = limit
 			require.NoError(t, s.Start())
 			t.Cleanup(s.Stop)
 			s.Publish(report(t0, svcs...))
-			resp, err := http.Get("http://" + s.Addr() + "/status")
-			require.NoError(t, err)
-			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			require.NoError(t, err)
-			require.Equal(t, http.StatusOK, resp.StatusCode)
-			require.LessOrEqual(t, len(body), limit)
-			require.EqualValues(t, len(body), resp.ContentLength)
-			var doc statusJSON
-			require.NoError(t, json.Unmarshal(body, &doc))
-			require.True(t, doc.ServicesTruncated)
-			require.Equal(t, 2000, doc.ServicesTotal)
-			require.Less(t, len(doc.Services), 2000)
-			if limit >= 64<<10 {
+			seen := 0
+			for query, pages := "", 0; ; pages++ {
+				require.Less(t, pages, len(svcs), "the pages do not advance")
+				resp, err := http.Get("http://" + s.Addr() + "/status" + query)
+				require.NoError(t, err)
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				require.NoError(t, err)
+				require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+				require.LessOrEqual(t, len(body), limit)
+				require.EqualValues(t, len(body), resp.ContentLength)
+				var doc statusJSON
+				require.NoError(t, json.Unmarshal(body, &doc))
+				require.True(t, doc.ServicesTruncated)
+				require.Equal(t, 2000, doc.ServicesTotal)
 				require.NotEmpty(t, doc.Services)
-				// most of the room is used
-				require.Greater(t, len(body), limit-4<<10)
+				require.Less(t, len(doc.Services), DefaultLimit, "the body limit ended the page")
+				if pages == 0 && limit >= 64<<10 {
+					require.Greater(t, len(body), limit-4<<10, "most of the room is used")
+				}
+				for i, sv := range doc.Services {
+					require.Equal(t, svcs[seen+i].Name, sv.Name)
+				}
+				seen += len(doc.Services)
+				require.Equal(t, int64(1), doc.Gathers)
+				if doc.NextAfter == nil {
+					break
+				}
+				require.Equal(t, doc.Services[len(doc.Services)-1].Name, *doc.NextAfter)
+				query = "?after=" + url.QueryEscape(*doc.NextAfter)
 			}
-			for i, sv := range doc.Services {
-				require.Equal(t, svcs[i].Name, sv.Name)
-			}
-			require.Equal(t, int64(1), doc.Gathers)
+			require.Equal(t, len(svcs), seen)
 		})
 	}
 }

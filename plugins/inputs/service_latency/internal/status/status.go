@@ -1,6 +1,6 @@
 // Package status is the plugin's operator window: an HTTP server
-// (status_listen) with GET /status (every service's current state and the
-// build, as JSON), GET /healthz (are gathers running on schedule), the
+// (status_listen) with GET /status (the services' current state, a page
+// at a time or one by name, and the build, as JSON), GET /healthz (are gathers running on schedule), the
 // operator's page for a browser (GET /, /service/NAME, /api/services,
 // /api/service/NAME and, with status_debug, /probe/NAME: page.go) and,
 // with pprof = true, /debug/pprof/. The plugin validates the Settings in Init,
@@ -20,15 +20,19 @@
 //     and never waits for a render: a render in progress finishes for the
 //     snapshot it began with and serves the requests that asked for it.
 //     With status_listen unset Publish returns at once.
-//   - The JSON of a snapshot is rendered once, lazily, by the first
-//     /status request after Publish; every later request for it writes
-//     the same bytes. Lazily, not at Publish: rendering at Publish would
-//     put the work on the gather's goroutine (or a goroutine racing the
-//     next gather's probes) for every gather, whether or not anyone
-//     reads it; lazily it costs nothing when nobody polls and at most one
-//     render per gather when someone does. Only "healthy" and "health",
-//     which depend on the time of the request, are written per request
-//     (a few hundred bytes).
+//   - The first page of a snapshot (GET /status without parameters) is
+//     rendered once, lazily, by the first such request after Publish;
+//     every later request for it writes the same bytes. Lazily, not at
+//     Publish: rendering at Publish would put the work on the gather's
+//     goroutine (or a goroutine racing the next gather's probes) for
+//     every gather, whether or not anyone reads it; lazily it costs
+//     nothing when nobody polls and at most one render per gather when
+//     someone does. Only "healthy" and "health", which depend on the
+//     time of the request, are written per request (a few hundred bytes).
+//   - Other pages (?limit=N, ?after=NAME) and one service (?service=NAME)
+//     are rendered per request from the snapshot, at most MaxLimit
+//     services each (listing.go): a page costs its own services, never
+//     the 100,000 of the gather.
 //   - At most MaxConcurrent /status requests render or write at once; one
 //     more gets 503 with "Retry-After: 1" at once instead of queueing.
 //     /healthz and / are small and constant-size and are not counted, so
@@ -38,11 +42,13 @@
 //     encoding/json's bytes (tested against it): a render of 2,000
 //     services takes ~15 ms and 65 allocations where MarshalIndent took
 //     ~70 ms and 156,000 (and today's handler paid that per request).
-//   - The body is at most MaxBodyBytes. A document that would be larger
-//     lists the first services, in config order, that fit and says so with
-//     "services_truncated": true and "services_total": <all services>,
-//     written before "services"; both keys are absent otherwise. (Paging
-//     comes later.)
+//   - A body is at most MaxBodyBytes: a page that would be larger ends
+//     early. Every body says how it relates to the whole:
+//     "services_total" (every service of the gather),
+//     "services_truncated" (true when "services" is not all of them) and
+//     "next_after" (the after= of the next page, null on the last one),
+//     written before "services". The order is config order, the
+//     Report's.
 package status
 
 import (
@@ -82,10 +88,15 @@ const (
 	// MaxConcurrent is how many /status requests may render or write at
 	// once; more get 503 with Retry-After: 1.
 	MaxConcurrent = 4
-	// MaxBodyBytes is the largest /status body (about 13,000 services
-	// with a few tags and percentiles each); beyond it the services list
-	// is truncated and flagged.
+	// MaxBodyBytes bounds a /status body (about 3,000 services with
+	// their 20-round history): a page that would be larger ends early,
+	// its next_after naming the last service it holds.
 	MaxBodyBytes = 8 << 20
+	// DefaultLimit is how many services a /status request without
+	// limit= lists (the first page).
+	DefaultLimit = 1000
+	// MaxLimit is the largest limit= a /status request may ask for.
+	MaxLimit = 10000
 )
 
 // Status server settings.
@@ -475,6 +486,11 @@ func (s *Server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	q, err := parseStatusQuery(r.URL.RawQuery)
+	if err != nil {
+		writeJSONError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	select {
 	case s.slots <- struct{}{}:
 	default:
@@ -487,20 +503,29 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		s.onServe()
 	}
 	sn := s.cur.Load()
-	doc := sn.rendered(s)
-	if doc.err != nil {
-		http.Error(w, "encoding the status: "+doc.err.Error(), http.StatusInternalServerError)
+	frame := sn.framed()
+	if frame.err != nil {
+		http.Error(w, "encoding the status: "+frame.err.Error(), http.StatusInternalServerError)
+		return
+	}
+	ls, refused := s.listingFor(sn, frame, q)
+	if refused != nil {
+		writeJSONError(w, refused.code, refused.msg)
+		return
+	}
+	if ls.err != nil {
+		http.Error(w, "encoding the status: "+ls.err.Error(), http.StatusInternalServerError)
 		return
 	}
 	health := appendHealth(make([]byte, 0, 256), sn, s.clock())
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
-	h.Set("Content-Length", strconv.Itoa(doc.size()+len(health)))
+	h.Set("Content-Length", strconv.Itoa(len(frame.head)+len(health)+len(frame.mid)+ls.size()))
 	if r.Method == http.MethodHead {
 		return
 	}
-	for _, b := range [...][]byte{doc.head, health, doc.mid, doc.list} {
+	for _, b := range [...][]byte{frame.head, health, frame.mid, ls.keys, ls.list} {
 		if _, err := w.Write(b); err != nil {
 			return
 		}

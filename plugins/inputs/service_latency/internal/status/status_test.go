@@ -66,6 +66,7 @@ type statusJSON struct {
 	Internal          map[string]any `json:"internal"`
 	ServicesTruncated bool           `json:"services_truncated"`
 	ServicesTotal     int            `json:"services_total"`
+	NextAfter         *string        `json:"next_after"`
 	Services          []struct {
 		Name        string            `json:"name"`
 		Tags        map[string]string `json:"tags"`
