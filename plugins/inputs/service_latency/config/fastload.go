@@ -219,8 +219,17 @@ func parseChunked(src string, cuts []int) (*ast.Table, []*ast.Table, error) {
 }
 
 // parseServiceChunk parses a chunk of want service tables; off is the
-// number of lines before it in the file.
+// number of lines before it in the file. The hand scanner (fastscan.go)
+// takes the common shape; the parser whatever it does not.
 func parseServiceChunk(src string, want, off int) ([]*ast.Table, error) {
+	if svcs, ok := scanServiceChunk(src, want, off); ok {
+		return svcs, nil
+	}
+	return tomlServiceChunk(src, want, off)
+}
+
+// tomlServiceChunk is parseServiceChunk by toml.Parse.
+func tomlServiceChunk(src string, want, off int) ([]*ast.Table, error) {
 	root, err := toml.Parse([]byte(src))
 	if err != nil || len(root.Fields) != 1 {
 		return nil, errSlow
