@@ -19,7 +19,12 @@
 //     (json.Marshal of the whole Export, then write + fsync + rename, after
 //     every store update: ceil(N/500) updates a gather with spread "0s").
 //
-// It prints a Markdown table and, with -out, writes it into BENCHMARKS.md
+// Then, for each N of -keepup-n (1,000 and 100,000 by default), the
+// keeping-up part (keepup.go): the plugin with spread = "auto" on a 60 s
+// ticker, and the plain net/http loop paced over the same window, each in
+// its own child, against 16 latency_target processes on 127.0.0.1–16.
+//
+// It prints Markdown tables and, with -out, writes them into BENCHMARKS.md
 // between the latency_scale markers.
 package main
 
@@ -66,24 +71,93 @@ type result struct {
 }
 
 func main() {
-	if os.Getenv(roleEnv) != "" {
+	switch {
+	case os.Getenv(roleEnv) != "":
 		os.Exit(child())
+	case os.Getenv(keepupEnv) != "":
+		os.Exit(keepupChild())
 	}
-	ns := flag.String("n", "1000,10000,100000", "service counts")
+	ns := flag.String("n", "1000,10000,100000", "service counts of the start-up / memory / state-file part (\"\": skip it)")
 	target := flag.String("target", "bin/latency_target", "the latency_target binary")
 	out := flag.String("out", "", "BENCHMARKS.md to update between the latency_scale markers")
+	keepN := flag.String("keepup-n", "1000,100000", "service counts of the keeping-up part (\"\": skip it)")
+	cadence := flag.Duration("keepup-cadence", 60*time.Second, "keeping up: the gather cadence (Telegraf's interval)")
+	gathers := flag.Int("keepup-gathers", 3, "keeping up: counted gathers per prober and N, after the first (a burst, not counted)")
+	timeout := flag.Duration("keepup-timeout", 0, "keeping up: the plugin's timeout (and the plain loop's); 0: the plugin's default (5 s). Shorter lets a short cadence keep a spread: 0.9 × cadence − timeout")
+	targets := flag.Int("keepup-targets", 16, "keeping up: latency_target processes, one per loopback address 127.0.0.1, .2, ...")
 	flag.Parse()
+	scaleNs, err := parseNs(*ns)
+	if err == nil {
+		var keepNs []int
+		keepNs, err = parseNs(*keepN)
+		if err == nil && len(keepNs) > 0 && (*cadence <= 0 || *gathers < 1 || *timeout < 0) {
+			err = fmt.Errorf("-keepup-cadence %s -keepup-gathers %d -keepup-timeout %s: want a positive cadence, at least one gather and a timeout ≥ 0", *cadence, *gathers, *timeout)
+		}
+		if err == nil {
+			err = run(scaleNs, keepupOptions{Ns: keepNs, Cadence: *cadence, Gathers: *gathers, Timeout: *timeout, Targets: *targets, Delay: time.Millisecond, Target: *target, DrainWait: drainTimeWaitMax}, *target, *out)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "latency_scale:", err)
+		os.Exit(1)
+	}
+}
+
+// parseNs reads a comma-separated list of positive service counts; an
+// empty string is none.
+func parseNs(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("service count %q: want a positive integer", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// run is both parts, then the Markdown (printed, and written into out).
+func run(scaleNs []int, keep keepupOptions, target, out string) error {
+	var md string
+	if len(scaleNs) > 0 {
+		rows, err := runScale(scaleNs, target)
+		if err != nil {
+			return err
+		}
+		md = markdown(rows)
+	}
+	if len(keep.Ns) > 0 {
+		kr, err := runKeepup(keep)
+		if err != nil {
+			return err
+		}
+		if md == "" {
+			md = header() + "\n"
+		} else {
+			md += "\n"
+		}
+		md += keepupMarkdown(kr)
+	}
+	if md == "" {
+		return fmt.Errorf("nothing to run: -n and -keepup-n are both empty")
+	}
+	fmt.Print(md)
+	if out != "" {
+		return update(out, md)
+	}
+	return nil
+}
+
+// runScale is the start-up / memory / state-file part: 8 targets on
+// 127.0.0.1–8, one child per N.
+func runScale(ns []int, target string) ([]result, error) {
 	var port = 18290
 	var procs []*exec.Cmd
-	for a := 1; a <= 8; a++ {
-		c := exec.Command(*target, "-listen", fmt.Sprintf("127.0.0.%d:%d", a, port), "-delay", "1ms")
-		c.Stderr = os.Stderr
-		if err := c.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		procs = append(procs, c)
-	}
 	defer func() {
 		for _, c := range procs {
 			c.Process.Kill()
@@ -91,31 +165,26 @@ func main() {
 		}
 	}()
 	for a := 1; a <= 8; a++ {
+		c := exec.Command(target, "-listen", fmt.Sprintf("127.0.0.%d:%d", a, port), "-delay", "1ms")
+		c.Stderr = os.Stderr
+		if err := c.Start(); err != nil {
+			return nil, err
+		}
+		procs = append(procs, c)
+	}
+	for a := 1; a <= 8; a++ {
 		waitListen(fmt.Sprintf("127.0.0.%d:%d", a, port))
 	}
 	var rows []result
-	for _, s := range strings.Split(*ns, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(2)
-		}
+	for _, n := range ns {
 		r, err := runChild(n, port)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "N=%d: %v\n", n, err)
-			os.Exit(1)
+			return nil, fmt.Errorf("N=%d: %w", n, err)
 		}
 		rows = append(rows, r)
 		fmt.Fprintf(os.Stderr, "N=%d done: %+v\n", n, r)
 	}
-	md := markdown(rows)
-	fmt.Print(md)
-	if *out != "" {
-		if err := update(*out, md); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-	}
+	return rows, nil
 }
 
 func waitListen(addr string) {
@@ -341,14 +410,15 @@ func fmtDur(d time.Duration) string {
 	return fmt.Sprintf("%.0f µs", float64(d)/1e3)
 }
 
+// header is the run's title and machine line.
+func header() string {
+	return fmt.Sprintf("### Scale run of %s\n\n- Machine: %d cores (GOMAXPROCS %d), %s %s/%s; load average at the end %s.\n",
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH, loadAverage())
+}
+
 func markdown(rows []result) string {
 	var b strings.Builder
-	var load [3]float64
-	if data, err := os.ReadFile("/proc/loadavg"); err == nil {
-		fmt.Sscanf(string(data), "%f %f %f", &load[0], &load[1], &load[2])
-	}
-	fmt.Fprintf(&b, "### Scale run of %s\n\n", time.Now().UTC().Format("2006-01-02"))
-	fmt.Fprintf(&b, "- Machine: %d cores (GOMAXPROCS %d), %s %s/%s; load average at the end %.1f / %.1f / %.1f (1/5/15 min).\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH, load[0], load[1], load[2])
+	b.WriteString(header())
 	b.WriteString("- Command: `make bench-scale`. One child process per N; the window filled by synthesis through the store (SetState of a dump: every service a full window of 100 and a sketch of 1,000 samples), then one real gather of all N services (fresh connections, 64 at once, spread \"0s\") against 8 `latency_target` processes on 127.0.0.1–8, delay 1 ms.\n\n")
 	b.WriteString("| N | start-up (Load + Init), wall | start-up, CPU | one gather of N | probes ok / failed | RSS after the window filled (peak) | retained heap / service | state file bytes / save | save time | before: bytes written / gather (saves × file) | before: save time / gather |\n")
 	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")

@@ -1,0 +1,277 @@
+package main
+
+// The keeping-up part of make bench-scale (issue 17: "100,000 services at
+// a 60 s cadence with spread = "auto": every round completes before the
+// next, CPU per probe ≤ the plain net/http loop's, and the reported
+// latency error at 1 ms injected delay no worse than at 1,000"). For each
+// N, after the start-up / memory / state-file part: one child process runs
+// the plugin on a ticker, then another runs the plain loop on the same
+// ticker against the same targets (keepup_child.go, keepup_plain.go).
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
+)
+
+// keepupOptions are the keeping-up part's flags.
+type keepupOptions struct {
+	Ns      []int
+	Cadence time.Duration
+	Gathers int
+	// Timeout is the plugin's timeout (and the plain loop's); 0: the
+	// plugin's default, not written in its file.
+	Timeout time.Duration
+	Targets int // target processes, one per loopback address 127.0.0.1, .2, ...
+	Delay   time.Duration
+	Target  string // the latency_target binary
+	// DrainWait is how long to wait at most, before each child, for the
+	// machine's TIME_WAITs to fall below drainTimeWait.
+	DrainWait time.Duration
+}
+
+// timeout is the timeout in force (the plugin's default when unset).
+func (o keepupOptions) timeout() time.Duration {
+	if o.Timeout > 0 {
+		return o.Timeout
+	}
+	return config.DefaultTimeout
+}
+
+// keepupRun is everything the keeping-up table shows.
+type keepupRun struct {
+	Opt  keepupOptions
+	Rows []keepupResult
+	// Overshoot[N] is the target's own lateness at the delay, measured
+	// before that N's children (see overshoot).
+	Overshoot map[int]time.Duration
+	NoFile    uint64
+}
+
+// drainTimeWait: before each child the parent waits (at most
+// keepupOptions.DrainWait, by default drainTimeWaitMax: a TIME_WAIT
+// lasts 60 s) until the machine's TIME_WAIT count is below this, so that
+// one child's sockets do not count against the next.
+const (
+	drainTimeWait    = 2000
+	drainTimeWaitMax = 70 * time.Second
+)
+
+func runKeepup(opt keepupOptions) (*keepupRun, error) {
+	run := &keepupRun{Opt: opt, Overshoot: map[int]time.Duration{}}
+	lim, err := raiseNoFile()
+	if err != nil {
+		return nil, err
+	}
+	run.NoFile = lim
+	tg, err := startKeepupTargets(opt.Target, opt.Targets, opt.Delay)
+	if err != nil {
+		return nil, err
+	}
+	defer tg.stop()
+	for _, n := range opt.Ns {
+		over, err := overshoot(tg.hosts[0], opt.Delay, 200)
+		if err != nil {
+			return nil, fmt.Errorf("the target's overshoot: %w", err)
+		}
+		run.Overshoot[n] = over
+		for _, prober := range []string{proberOurs, proberPlain} {
+			waitTimeWaitBelow(drainTimeWait, opt.DrainWait)
+			sp := &keepupSpec{N: n, Prober: prober, Hosts: tg.hosts, Cadence: opt.Cadence, Gathers: opt.Gathers,
+				Delay: opt.Delay, Timeout: opt.timeout(), SetTimeout: opt.Timeout > 0, Concurrency: config.DefaultMaxConcurrency}
+			r, err := runKeepupChild(sp, tg)
+			if err != nil {
+				return nil, fmt.Errorf("keeping up, %s, N=%d: %w", prober, n, err)
+			}
+			fmt.Fprintf(os.Stderr, "keep-up N=%d %s done: CPU/probe %s, error p50 %s p99 %s\n", n, prober, r.CPUPerProbe, r.ErrP50, r.ErrP99)
+			run.Rows = append(run.Rows, *r)
+		}
+	}
+	return run, nil
+}
+
+// runKeepupChild runs one keeping-up child (this binary, keepupEnv set,
+// the spec on its stdin) and samples the targets' open files meanwhile.
+func runKeepupChild(sp *keepupSpec, tg *keepupTargets) (*keepupResult, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	in, err := json.Marshal(sp)
+	if err != nil {
+		return nil, err
+	}
+	twBefore := timeWait()
+	c := exec.Command(self)
+	c.Env = append(os.Environ(), keepupEnv+"=1")
+	c.Stdin = bytes.NewReader(in)
+	c.Stderr = os.Stderr
+	stop := make(chan struct{})
+	var fdsMax int
+	var wg sync.WaitGroup
+	wg.Go(func() { fdsMax = tg.sampleOpenFiles(stop) })
+	out, err := c.Output()
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
+	var r keepupResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		return nil, err
+	}
+	r.TimeWaitBefore, r.TargetFDsMax = twBefore, fdsMax
+	return &r, nil
+}
+
+// waitTimeWaitBelow waits until fewer than n sockets are in TIME_WAIT,
+// for at most limit.
+func waitTimeWaitBelow(n int, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for timeWait() >= n && time.Now().Before(deadline) {
+		time.Sleep(time.Second)
+	}
+}
+
+// keepupTargets are latency_target processes, one per loopback address
+// 127.0.0.1, 127.0.0.2, ... on a free port each: their CPU is not the
+// prober's, and N fresh connections a gather spread over that many
+// destinations (4-tuples, TIME_WAITs).
+type keepupTargets struct {
+	procs []*exec.Cmd
+	hosts []string
+}
+
+func startKeepupTargets(bin string, n int, delay time.Duration) (*keepupTargets, error) {
+	if n < 1 || n > 254 {
+		return nil, fmt.Errorf("-keepup-targets %d: want 1 to 254 (one per address 127.0.0.1 ...)", n)
+	}
+	tg := &keepupTargets{}
+	for i := range n {
+		ip := "127.0.0." + strconv.Itoa(i+1)
+		port, err := freePort(ip)
+		if err != nil {
+			tg.stop()
+			return nil, err
+		}
+		addr := net.JoinHostPort(ip, strconv.Itoa(port))
+		c := exec.Command(bin, "-listen", addr, "-delay", delay.String())
+		c.Stderr = os.Stderr
+		if err := c.Start(); err != nil {
+			tg.stop()
+			return nil, fmt.Errorf("starting %s: %w", bin, err)
+		}
+		tg.procs = append(tg.procs, c)
+		tg.hosts = append(tg.hosts, addr)
+		if err := waitListening(addr, 10*time.Second); err != nil {
+			tg.stop()
+			return nil, fmt.Errorf("target %s: %w", addr, err)
+		}
+	}
+	return tg, nil
+}
+
+func (tg *keepupTargets) stop() {
+	for _, c := range tg.procs {
+		_ = c.Process.Signal(syscall.SIGTERM)
+	}
+	for _, c := range tg.procs {
+		_ = c.Wait()
+	}
+	tg.procs = nil
+}
+
+// sampleOpenFiles returns the most open files of all targets together,
+// sampled every second until stop is closed.
+func (tg *keepupTargets) sampleOpenFiles(stop <-chan struct{}) int {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	most := 0
+	for {
+		sum := 0
+		for _, c := range tg.procs {
+			sum += max(0, openFiles(strconv.Itoa(c.Process.Pid)))
+		}
+		most = max(most, sum)
+		select {
+		case <-stop:
+			return most
+		case <-t.C:
+		}
+	}
+}
+
+func freePort(ip string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitListening(addr string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// overshoot is how late the target answers beyond the delay on its own:
+// n sequential requests over one kept connection (no connect, nothing
+// else in flight from here) with the delay and with none; median(delay) −
+// median(0) − delay. It is part of any prober's error against the delay.
+func overshoot(host string, delay time.Duration, n int) (time.Duration, error) {
+	tr := &http.Transport{MaxIdleConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	median := func(d time.Duration) (time.Duration, error) {
+		u := fmt.Sprintf("http://%s/calibrate?delay=%s", host, d)
+		var xs []time.Duration
+		for i := range n + 5 {
+			t0 := time.Now()
+			resp, err := c.Get(u)
+			if err != nil {
+				return 0, err
+			}
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				return 0, err
+			}
+			if i >= 5 { // the first ones warm the connection up
+				xs = append(xs, time.Since(t0))
+			}
+		}
+		slices.Sort(xs)
+		return xs[len(xs)/2], nil
+	}
+	zero, err := median(0)
+	if err != nil {
+		return 0, err
+	}
+	with, err := median(delay)
+	if err != nil {
+		return 0, err
+	}
+	return with - zero - delay, nil
+}

@@ -1,0 +1,117 @@
+package main
+
+// The peer of the keeping-up part: a plain net/http loop with a fresh
+// connection per request (DisableKeepAlives), the same N URLs as ours,
+// at most Concurrency requests at once, each started at its own offset
+// within the window, as the plugin's engine does with its spread (the
+// workers take the requests in the order of their offsets and sleep until
+// each one's time).
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+type pacedPlain struct {
+	client *http.Client
+	tr     *http.Transport
+	urls   []string
+	// offsets are fractions of the window in [0, 1), sorted: uniformly
+	// random with a fixed seed, like the plugin's hashed offsets.
+	offsets []float64
+	conc    int
+}
+
+func newPacedPlain(sp *keepupSpec) *pacedPlain {
+	tr := &http.Transport{
+		DialContext:       (&net.Dialer{Timeout: sp.Timeout, KeepAlive: -1}).DialContext,
+		DisableKeepAlives: true,
+	}
+	p := &pacedPlain{client: &http.Client{Transport: tr, Timeout: sp.Timeout}, tr: tr, conc: max(1, sp.Concurrency)}
+	r := rand.New(rand.NewPCG(uint64(sp.N), 17))
+	for i := range sp.N {
+		p.urls = append(p.urls, keepupURL(sp.Hosts, i, sp.Delay))
+		p.offsets = append(p.offsets, r.Float64())
+	}
+	slices.Sort(p.offsets)
+	return p
+}
+
+// gather requests every URL once, URL i at window × offsets[i] after the
+// start, and hands each result to acc once all are done.
+func (p *pacedPlain) gather(acc *keepAcc, window time.Duration) {
+	start := time.Now()
+	begun := make([]time.Time, len(p.urls))
+	took := make([]time.Duration, len(p.urls))
+	errs := make([]error, len(p.urls))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(p.conc, len(p.urls)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(p.urls) {
+					return
+				}
+				time.Sleep(time.Until(start.Add(time.Duration(p.offsets[i] * float64(window)))))
+				begun[i] = time.Now()
+				took[i], errs[i] = p.get(p.urls[i])
+			}
+		})
+	}
+	wg.Wait()
+	for i := range p.urls {
+		if errs[i] != nil {
+			acc.AddError(errs[i])
+		}
+		acc.observe(begun[i], errs[i] == nil, took[i].Seconds())
+	}
+}
+
+// get is one request: from before the request to the body read and
+// closed (what ours's latency spans).
+func (p *pacedPlain) get(u string) (time.Duration, error) {
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, u, nil)
+	if err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	d := time.Since(t0)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: status %d", u, resp.StatusCode)
+	}
+	return d, err
+}
+
+func (p *pacedPlain) close() { p.tr.CloseIdleConnections() }
+
+// raiseNoFile lifts the soft limit of open files to the hard one (the
+// children inherit it) and returns it.
+func raiseNoFile() (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, err
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return 0, fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
+		}
+	}
+	return lim.Cur, nil
+}
