@@ -9,7 +9,9 @@
 package gather
 
 import (
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
@@ -100,20 +102,70 @@ type percentileNames struct {
 }
 
 // NewTarget returns a target with its field names and histogram labels
-// derived.
+// derived. Targets with the same percentiles and buckets share them (they
+// are read-only): 100,000 services would otherwise make 100,000 copies of
+// the same dozen strings at start-up.
 func NewTarget(name, server string, pr probe.Prober, params stats.Params, percentiles []float64, tags map[string]string) *Target {
 	t := &Target{Name: name, Server: server, Prober: pr, Params: params, Percentiles: percentiles, Tags: tags}
-	if n := len(params.Buckets); n > 0 {
-		t.le = make([]string, 0, n+1)
-		for _, b := range params.Buckets {
-			t.le = append(t.le, strconv.FormatFloat(b, 'f', -1, 64))
+	t.fieldNames, t.le = sharedNames.get(percentiles, params.Buckets)
+	return t
+}
+
+// derivedNames are the names derived from one set of percentiles and
+// buckets.
+type derivedNames struct {
+	percentiles, buckets []float64
+	fields               percentileNames
+	le                   []string
+}
+
+// nameCache holds the derived names of the sets seen so far (a config has
+// one, or a few).
+type nameCache struct {
+	mu   sync.Mutex
+	sets []*derivedNames
+}
+
+var sharedNames nameCache
+
+// maxSharedSets bounds the cache: a config where every service has its own
+// percentiles gets its names derived per target past it.
+const maxSharedSets = 64
+
+func (c *nameCache) get(percentiles, buckets []float64) (percentileNames, []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range c.sets {
+		if slices.Equal(d.percentiles, percentiles) && slices.Equal(d.buckets, buckets) {
+			return d.fields, d.le
 		}
-		t.le = append(t.le, "+Inf")
+	}
+	d := deriveNames(percentiles, buckets)
+	if len(c.sets) < maxSharedSets {
+		c.sets = append(c.sets, d)
+	}
+	return d.fields, d.le
+}
+
+// deriveNames makes the field names of percentiles and the `le` values of
+// buckets (one per bucket and "+Inf"; none without buckets).
+func deriveNames(percentiles, buckets []float64) *derivedNames {
+	d := &derivedNames{percentiles: slices.Clone(percentiles), buckets: slices.Clone(buckets)}
+	if n := len(buckets); n > 0 {
+		d.le = make([]string, 0, n+1)
+		for _, b := range buckets {
+			d.le = append(d.le, strconv.FormatFloat(b, 'f', -1, 64))
+		}
+		d.le = append(d.le, "+Inf")
+	}
+	if len(percentiles) > 0 {
+		d.fields.window = make([]string, 0, len(percentiles))
+		d.fields.lifetime = make([]string, 0, len(percentiles))
 	}
 	for _, pc := range percentiles {
 		sfx := stats.PercentileFieldSuffix(pc)
-		t.fieldNames.window = append(t.fieldNames.window, "latency_"+sfx)
-		t.fieldNames.lifetime = append(t.fieldNames.lifetime, "latency_lifetime_"+sfx)
+		d.fields.window = append(d.fields.window, "latency_"+sfx)
+		d.fields.lifetime = append(d.fields.lifetime, "latency_lifetime_"+sfx)
 	}
-	return t
+	return d
 }
