@@ -329,17 +329,16 @@ var (
 // integers, booleans, durations and other text values, a table of
 // strings) are set directly; a table with any other key is decoded by
 // cfg, on its own. Any error is errSlow: the caller then decodes the
-// whole file the exact way, for the exact message.
-func decodeService(cfg *toml.Config, t *ast.Table) (*Service, error) {
-	s := &Service{}
+// whole file the exact way, for the exact message. s is zero on entry.
+func decodeService(cfg *toml.Config, t *ast.Table, s *Service) error {
 	if fastService(t, reflect.ValueOf(s).Elem()) {
-		return s, nil
+		return nil
 	}
-	s = &Service{}
+	*s = Service{} // partly set by fastService
 	if err := cfg.UnmarshalTable(t, s); err != nil {
-		return nil, errSlow
+		return errSlow
 	}
-	return s, nil
+	return nil
 }
 
 // fastService sets rv (a Service) from t; false: not a shape it handles

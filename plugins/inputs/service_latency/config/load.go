@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -106,11 +107,15 @@ func parseFast(src string, cuts []int) (*File, error) {
 	if err := decoder.UnmarshalTable(tbl, &f.Config); err != nil {
 		return nil, errSlow
 	}
+	// The services in one allocation: 100,000 of them are 100,000
+	// allocations of the same size otherwise.
+	slab := make([]Service, len(svcTables))
 	f.Config.Services = make([]*Service, len(svcTables))
 	for i, t := range svcTables {
-		if f.Config.Services[i], err = decodeService(decoder, t); err != nil {
+		if err := decodeService(decoder, t, &slab[i]); err != nil {
 			return nil, err
 		}
+		f.Config.Services[i] = &slab[i]
 	}
 	if err := unlinkedSecrets(&f.Config); err != nil {
 		return nil, errSlow
@@ -323,7 +328,8 @@ func unlinkedSecrets(c *Config) error {
 var secretType = reflect.TypeOf(config.Secret{})
 
 // walkSecrets calls fn for every config.Secret reachable from v, with its
-// toml key path ("redis", "password"; "service", "3", "bearer_token").
+// toml key path ("redis", "password"; "service", "3", "bearer_token"),
+// which fn must copy to keep.
 func walkSecrets(v reflect.Value, path []string, fn func([]string, *config.Secret)) {
 	switch v.Kind() {
 	case reflect.Pointer, reflect.Interface:
@@ -332,7 +338,7 @@ func walkSecrets(v reflect.Value, path []string, fn func([]string, *config.Secre
 		}
 	case reflect.Slice:
 		for i := 0; i < v.Len(); i++ {
-			walkSecrets(v.Index(i), append(path, fmt.Sprint(i)), fn)
+			walkSecrets(v.Index(i), append(path, strconv.Itoa(i)), fn)
 		}
 	case reflect.Struct:
 		if v.Type() == secretType {
@@ -346,7 +352,9 @@ func walkSecrets(v reflect.Value, path []string, fn func([]string, *config.Secre
 				walkSecrets(v.Field(sf.index), path, fn)
 				continue
 			}
-			walkSecrets(v.Field(sf.index), append(append([]string(nil), path...), sf.key), fn)
+			// path's spare capacity is reused from field to field: fn
+			// gets a path that is valid only during the call.
+			walkSecrets(v.Field(sf.index), append(path, sf.key), fn)
 		}
 	}
 }
