@@ -17,8 +17,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -40,6 +42,9 @@ type keepupOptions struct {
 	// DrainWait is how long to wait at most, before each child, for the
 	// machine's TIME_WAITs to fall below drainTimeWait.
 	DrainWait time.Duration
+	// ProfileDir, when set, gets a CPU profile of each child's counted
+	// gathers: keepup-<prober>-<N>.pprof.
+	ProfileDir string
 }
 
 // timeout is the timeout in force (the plugin's default when unset).
@@ -91,6 +96,9 @@ func runKeepup(opt keepupOptions) (*keepupRun, error) {
 			waitTimeWaitBelow(drainTimeWait, opt.DrainWait)
 			sp := &keepupSpec{N: n, Prober: prober, Hosts: tg.hosts, Cadence: opt.Cadence, Gathers: opt.Gathers,
 				Delay: opt.Delay, Timeout: opt.timeout(), SetTimeout: opt.Timeout > 0, Concurrency: config.DefaultMaxConcurrency}
+			if opt.ProfileDir != "" {
+				sp.CPUProfile = filepath.Join(opt.ProfileDir, fmt.Sprintf("keepup-%s-%d.pprof", strings.ReplaceAll(prober, " ", "_"), n))
+			}
 			r, err := runKeepupChild(sp, tg)
 			if err != nil {
 				return nil, fmt.Errorf("keeping up, %s, N=%d: %w", prober, n, err)

@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,6 +52,9 @@ type keepupSpec struct {
 	Timeout     time.Duration
 	SetTimeout  bool
 	Concurrency int
+	// CPUProfile, when set, is where the child writes a CPU profile of
+	// its counted gathers (the first one, a burst, left out).
+	CPUProfile string
 }
 
 // keepupGather is one gather of a keeping-up child.
@@ -232,12 +236,20 @@ func onTicker(sp *keepupSpec, gather gatherFunc, res *keepupResult) error {
 	defer ticker.Stop()
 	tick := time.Now()
 	cpuStart := cpuTime()
+	stopProfile := func() {}
+	defer func() { stopProfile() }()
 	for g := 0; g <= sp.Gathers; g++ {
 		if g > 0 {
 			tick = <-ticker.C
 			cpuNow := cpuTime()
 			res.Gathers[g-1].CPU = cpuNow - cpuStart
 			cpuStart = cpuNow
+		}
+		if g == 1 && sp.CPUProfile != "" {
+			var err error
+			if stopProfile, err = startCPUProfile(sp.CPUProfile); err != nil {
+				return err
+			}
 		}
 		acc.reset()
 		smp.reset()
@@ -270,6 +282,20 @@ func onTicker(sp *keepupSpec, gather gatherFunc, res *keepupResult) error {
 	}
 	res.ErrP50, res.ErrP99 = errPercentiles(pooled)
 	return nil
+}
+
+// startCPUProfile starts a CPU profile into path; the function returned
+// stops it and closes the file.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // errPercentiles are the median and the 99th percentile (nearest rank)
