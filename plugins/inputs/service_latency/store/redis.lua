@@ -55,6 +55,13 @@
 -- bin of a latency is a function of it). Otherwise the whole window and
 -- every sketch bin are read, validated and returned ("full").
 --
+-- Cost (issue 17): the common call, an agent writing on top of its own
+-- last write, takes the fast path (see there): one HMGET (the state, the
+-- agent's record and the bins it adds to), one LPUSH (LTRIM when the list
+-- outgrows the window), one HSET (the state, the record, the bins), no
+-- closure of the general path made. Every other call takes the general
+-- path, which is the full logic.
+--
 -- Returns {status, key, reason, blob, before, record, mode, probes, bins}:
 -- blob the merged scalar state; before the verdict before the batch's last
 -- round ({vs, vsince, vf, vok, vslow, vgood} packed, "" = the blob's);
@@ -89,38 +96,6 @@ local OBS0, OBSN = 19, 7
 local AF = 'a:' .. agent
 local LN2 = 0.69314718055994530942
 
-local function fmt(x) return string.format('%.17g', x) end
-
-local function num(s)
-  if s == nil then return nil end
-  local x = tonumber(s)
-  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
-  return x
-end
-
--- a non-negative integer counter (exact in a double)
-local function counter(s)
-  if s == nil or string.match(s, '^%d+$') == nil or #s > 15 then return nil end
-  return tonumber(s)
-end
-
--- a time: non-negative integer nanoseconds as a decimal string
-local function nstime(s)
-  if type(s) ~= 'string' or #s > 19 or (s ~= '0' and string.match(s, '^[1-9]%d*$') == nil) then return nil end
-  return s
-end
-
--- a counter as unpacked from the blob
-local function bcount(x)
-  if type(x) ~= 'number' or x < 0 or x > 9007199254740992 or x ~= math.floor(x) then return nil end
-  return x
-end
-
--- a finite non-negative number as unpacked from the blob
-local function bnum(x)
-  if type(x) ~= 'number' or x ~= x or x < 0 or x == math.huge then return nil end
-  return x
-end
 
 local function split_ns(s)
   local n = #s
@@ -159,6 +134,315 @@ local function weights(dt)
   return 1 - decay, decay
 end
 
+-- sample folds one successful probe x at time t (unix ns, decimal) into
+-- the counters, Welford's mean and m2, min, max and the time-based EWMA,
+-- as stats.State.Observe does (bit for bit, the EWMA to a few ulps).
+local function sample(count, mean, m2, mn, mx, ewma, ewma_at, x, t)
+  if count == 0 then
+    count, mean, m2, mn, mx = 1, x, 0, x, x
+  else
+    count = count + 1
+    local d = x - mean
+    mean = mean + d / count
+    m2 = m2 + d * (x - mean)
+    if x < mn then mn = x end
+    if x > mx then mx = x end
+  end
+  if ewma_at == '0' then
+    ewma, ewma_at = x, t
+  else
+    local dt = ns_diff(t, ewma_at)
+    if dt > 0 then
+      local alpha, decay = weights(dt)
+      ewma = decay * ewma + alpha * x
+      ewma_at = t
+    end
+  end
+  return count, mean, m2, mn, mx, ewma, ewma_at
+end
+
+-- step is stats.Verdict.Step: the verdict (status vs since its time
+-- vsince, runs vf failed / vok ok / vslow slow / vgood good rounds) after
+-- one round of class c ('f' failed, 's' slow, 'g' good) at t.
+local UNKNOWN, UP, DEGRADED, DOWN = 0, 1, 2, 3
+local function step(vs, vsince, vf, vok, vslow, vgood, c, t)
+  if vsince == '0' then vsince = t end
+  if c == 'f' then
+    vf = vf + 1
+    vok, vslow, vgood = 0, 0, 0
+  elseif c == 's' then
+    vf, vgood = 0, 0
+    vok = vok + 1
+    vslow = vslow + 1
+  else
+    vf, vslow = 0, 0
+    vok = vok + 1
+    vgood = vgood + 1
+  end
+  local nxt = vs
+  if vf >= fail_th then
+    nxt = DOWN
+  elseif vs == UNKNOWN or vs == DOWN then
+    if vok >= succ_th then
+      nxt = UP
+      if c == 's' then nxt = DEGRADED end
+    end
+  elseif vs == UP then
+    if vslow >= fail_th then nxt = DEGRADED end
+  elseif vs == DEGRADED then
+    if vgood >= succ_th then nxt = UP end
+  end
+  if nxt ~= vs then
+    vs = nxt
+    if ns_less(vsince, t) then vsince = t end
+  end
+  return vs, vsince, vf, vok, vslow, vgood
+end
+
+local function fmt(x) return string.format('%.17g', x) end
+
+-- a time: non-negative integer nanoseconds as a decimal string
+local function nstime(s)
+  if type(s) ~= 'string' or #s > 19 or (s ~= '0' and string.match(s, '^[1-9]%d*$') == nil) then return nil end
+  return s
+end
+
+-- a counter as unpacked from the blob
+local function bcount(x)
+  if type(x) ~= 'number' or x < 0 or x > 9007199254740992 or x ~= math.floor(x) then return nil end
+  return x
+end
+
+-- check validates the scalar invariants of a state in the BLOB's array
+-- form (both layouts); nil when they hold
+local function check(t)
+  local count, probes, failures, consec = t[4], t[11], t[12], t[13]
+  local vs, vf, vok, vslow, vgood = t[16], t[18], t[19], t[20], t[21]
+  if vs > 3 then return 'verdict status ' .. fmt(vs) end
+  if (vf > 0 and vok > 0) or vslow + vgood > vok or (vslow > 0 and vgood > 0) then
+    return 'verdict runs do not fit'
+  end
+  if count + failures ~= probes then return 'count + failures ~= probes' end
+  if consec > failures then return 'consecutive failures exceed failures' end
+  if count == 0 then
+    if t[6] ~= 0 or t[10] ~= '0' then return 'no sample but m2 or ewma set' end
+  else
+    local mean, mn, mx, ewma = t[5], t[7], t[8], t[9]
+    if mn > mx then return 'min > max' end
+    local tol = 1e-9 * mx
+    if mean < mn - tol or mean > mx + tol then return 'mean outside [min, max]' end
+    if ewma < mn - tol or ewma > mx + tol then return 'ewma outside [min, max]' end
+    if count == 1 and t[6] ~= 0 then return 'one sample but m2 set' end
+  end
+  return nil
+end
+
+-- check_blob validates a decoded layout-2 state (the BLOB array): nil when
+-- it is one, else why. A value of the wrong type makes a comparison or an
+-- addition fail: the caller runs it under pcall (malformed).
+local function check_blob(t)
+  if t[1] ~= 2 then return 'layout version ' .. tostring(t[1]) end
+  if t[2] ~= mapping then return 'sketch mapping ' .. tostring(t[2]) .. ' differs from ' .. mapping end
+  if type(t[3]) ~= 'string' then return 'generation is ' .. tostring(t[3]) end
+  local count, probes, failures, consec = t[4], t[11], t[12], t[13]
+  local vs, vf, vok, vslow, vgood = t[16], t[18], t[19], t[20], t[21]
+  local wt, wc, na, ex, et = t[24], t[25], t[26], t[27], t[28]
+  local c = count + probes + failures + consec + vs + vf + vok + vslow + vgood + wt + wc + na + ex + et
+  -- x % 1 is 0 for a whole x, in (0, 1) for a fraction (the sum of
+  -- non-negative finite counters is finite, so none is NaN here)
+  if c ~= math.floor(c) or c > 9007199254740992 or count < 0 or probes < 0 or failures < 0 or consec < 0
+    or vs < 0 or vf < 0 or vok < 0 or vslow < 0 or vgood < 0 or wt < 0 or wc < 0 or na < 0 or ex < 0 or et < 0
+    or type(count) ~= 'number' or type(probes) ~= 'number'
+    or count % 1 + probes % 1 + failures % 1 + consec % 1 + vs % 1 + vf % 1 + vok % 1 + vslow % 1 + vgood % 1
+      + wt % 1 + wc % 1 + na % 1 + ex % 1 + et % 1 ~= 0 then
+    return 'counters are not integers'
+  end
+  local mean, m2, mn, mx, ewma = t[5], t[6], t[7], t[8], t[9]
+  local f = mean + m2 + mn + mx + ewma
+  if f ~= f or f == math.huge or mean < 0 or m2 < 0 or mn < 0 or mx < 0 or ewma < 0 or type(mean) ~= 'number' then
+    return 'a statistic is not a finite non-negative number'
+  end
+  if not (nstime(t[10]) and nstime(t[14]) and nstime(t[15]) and nstime(t[17])) then
+    return 'a time is not nanoseconds'
+  end
+  if type(t[22]) ~= 'string' then return 'bounds are ' .. tostring(t[22]) end
+  local why = check(t)
+  if why then return why end
+  local bk = t[23]
+  if bk ~= '' then
+    if type(bk) ~= 'table' then return 'buckets are ' .. tostring(bk) end
+    for i = 1, #bk do
+      if bcount(bk[i]) == nil then return 'bucket ' .. i .. ' is ' .. tostring(bk[i]) end
+    end
+  end
+  return nil
+end
+
+-- ---------------------------------------------------------------- fast path
+-- The common call: this agent's copy is the state as of its own last
+-- write (no other agent wrote since), the stored state is a valid layout 2
+-- with this agent's window and histogram bounds, and no round needs the
+-- window (a percentile objective). EVAL runs the whole body on every call,
+-- and every function statement makes a closure each time: this path is
+-- inline, creates none of the general path's functions, reads the state
+-- and the sketch bins it adds to in one HMGET (a bin that is no counter is
+-- found before anything is written), works on the decoded array itself,
+-- packs it once for the write and the reply, and returns a delta.
+-- Anything else (a new agent, another agent's writes, a malformed,
+-- missing or layout-1 state, a histogram to rebuild, a window key of the
+-- wrong type) breaks out with nothing written, and the general path below
+-- does it all from the start.
+repeat
+  if force or sync_gen == '' then break end
+  -- the HMGET fields: the state, the agent's record, then the distinct
+  -- bins of the batch's successes (binat: bin -> its position)
+  local fields, nf, binat, needwin = {'s', AF}, 2, {}, false
+  for o = OBS0, OBS0 + (nobs - 1) * OBSN, OBSN do
+    if ARGV[o + 2] == '1' then
+      local bin = ARGV[o + 4]
+      if binat[bin] == nil then
+        nf = nf + 1
+        fields[nf], binat[bin] = 'b' .. bin, nf
+      end
+    end
+    if ARGV[o + 6] ~= '' and objective > 0 and statistic ~= 'ewma' and statistic ~= 'avg' then needwin = true end
+  end
+  if needwin then break end
+  local r = redis.pcall('HMGET', K_S, unpack(fields, 1, nf))
+  if r.err or not r[1] or not r[2] then break end
+  local lastraw = string.match(r[2], '^(%d+):')
+  -- '\220\0\28': an array of exactly 28 elements, which cmsgpack packs
+  -- back the same (a hole would make it a map)
+  if lastraw == nil or lastraw ~= sync_seq or string.sub(r[1], 1, 3) ~= '\220\0\28' then break end
+  local okp, t = pcall(cmsgpack.unpack, r[1])
+  if not okp or type(t) ~= 'table' then break end
+  local okc, why = pcall(check_blob, t)
+  if not okc or why ~= nil then break end
+  local p0 = t[11]
+  if t[3] ~= sync_gen or t[24] ~= window or t[25] > sync_ver or p0 ~= sync_ver then break end
+  if nb == 0 then
+    t[22], t[23] = '', ''
+  else
+    -- the stored buckets, when they are this agent's (else a rebuild)
+    local bk = t[23]
+    if t[22] ~= bounds or type(bk) ~= 'table' or #bk ~= nb then break end
+    local copy, sum = {}, 0
+    for i = 1, nb do
+      copy[i] = bk[i]
+      sum = sum + (bk[i] or 0 / 0) -- a hole: NaN, no match
+    end
+    if sum ~= t[4] then break end
+    t[23] = copy
+  end
+  -- the bins' counts (a missing bin is 0)
+  local binc, okb = {}, true
+  for i = 3, nf do
+    local v = r[i]
+    if not v then
+      binc[i] = 0
+    elseif #v > 15 or string.find(v, '^%d+$') == nil then
+      okb = false
+    else
+      binc[i] = tonumber(v)
+    end
+  end
+  if not okb then break end
+
+  -- apply, as apply() below does
+  local last = tonumber(lastraw)
+  local maxseq, maxraw, applied = last, lastraw, 0
+  local pushes, np, before, added = {}, 0, nil, {}
+  for o = OBS0, OBS0 + (nobs - 1) * OBSN, OBSN do
+    local seq = tonumber(ARGV[o])
+    if seq > last then
+      applied = applied + 1
+      if seq > maxseq then maxseq, maxraw = seq, ARGV[o] end
+      local tm = ARGV[o + 1]
+      t[11] = t[11] + 1
+      np = np + 1
+      if ARGV[o + 2] ~= '1' then
+        t[12], t[13] = t[12] + 1, t[13] + 1
+        if ns_less(t[15], tm) then t[15] = tm end
+        pushes[np] = 'f'
+      else
+        local xs = ARGV[o + 3]
+        t[13] = 0
+        if ns_less(t[14], tm) then t[14] = tm end
+        t[4], t[5], t[6], t[7], t[8], t[9], t[10] = sample(t[4], t[5], t[6], t[7], t[8], t[9], t[10], tonumber(xs), tm)
+        local bi = binat[ARGV[o + 4]]
+        binc[bi], added[bi] = binc[bi] + 1, true
+        if nb > 0 then
+          local k = tonumber(ARGV[o + 5])
+          t[23][k] = t[23][k] + 1
+        end
+        pushes[np] = xs
+      end
+      local round = ARGV[o + 6]
+      if round ~= '' then
+        before = {t[16], t[17], t[18], t[19], t[20], t[21]}
+        local c = 'f'
+        if round == '1' then
+          c = 'g'
+          -- the objective's statistic is the EWMA or the mean here
+          local x = t[5]
+          if statistic == 'ewma' then x = t[9] end
+          if objective > 0 and t[4] > 0 and x > objective then c = 's' end
+        end
+        t[16], t[17], t[18], t[19], t[20], t[21] = step(t[16], t[17], t[18], t[19], t[20], t[21], c, tm)
+      end
+    end
+  end
+
+  -- write what changed, as write_inc() below does
+  local packed
+  if applied > 0 then
+    local n = redis.pcall('LPUSH', K_W, unpack(pushes, 1, np))
+    if type(n) ~= 'number' then break end -- the window is of another type: the general path resets
+    if n > window then redis.call('LTRIM', K_W, 0, window - 1) end
+    -- the TTL: refreshed at most every 1 % of it (expire_due below)
+    local slack = math.floor(ttl / 100)
+    local due = not (t[28] == ttl and (ttl == 0 or (slack >= 1000 and now_s >= t[27] and (now_s - t[27]) * 1000 < slack)))
+    if due then t[27], t[28] = now_s, ttl end
+    packed = cmsgpack.pack(t)
+    local hs, nh = {'s', packed, AF, maxraw .. ':' .. ARGV[10]}, 4
+    for bi in pairs(added) do
+      hs[nh + 1], hs[nh + 2] = fields[bi], binc[bi]
+      nh = nh + 2
+    end
+    redis.call('HSET', K_S, unpack(hs, 1, nh))
+    if due then
+      if ttl > 0 then
+        redis.call('PEXPIRE', K_S, ttl + slack)
+        redis.call('PEXPIRE', K_W, ttl + slack)
+      else
+        redis.call('PERSIST', K_S)
+        redis.call('PERSIST', K_W)
+      end
+    end
+  else
+    packed = cmsgpack.pack(t)
+  end
+  local probes_out = {}
+  for i = np, 1, -1 do probes_out[np - i + 1] = pushes[i] end
+  local before_out = ''
+  if before then before_out = cmsgpack.pack(before) end
+  do return {'ok', '', '', packed, before_out, maxraw, 'd', probes_out, {}} end
+until true
+
+-- ---------------------------------------------------------------- general path
+local function num(s)
+  if s == nil then return nil end
+  local x = tonumber(s)
+  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
+  return x
+end
+
+-- a non-negative integer counter (exact in a double)
+local function counter(s)
+  if s == nil or string.match(s, '^%d+$') == nil or #s > 15 then return nil end
+  return tonumber(s)
+end
+
 local function fresh(gen)
   local s = {count = 0, mean = 0, m2 = 0, min = 0, max = 0, ewma = 0, ewma_at = '0',
     probes = 0, failures = 0, consec = 0, last_ok = '0', last_fail = '0',
@@ -171,26 +455,6 @@ local function fresh(gen)
     for i = 1, nb do s.buckets[i] = 0 end
   end
   return s
-end
-
--- check validates the scalar invariants (both layouts); nil when they hold
-local function check(s)
-  if s.vs > 3 then return 'verdict status ' .. fmt(s.vs) end
-  if (s.vf > 0 and s.vok > 0) or s.vslow + s.vgood > s.vok or (s.vslow > 0 and s.vgood > 0) then
-    return 'verdict runs do not fit'
-  end
-  if s.count + s.failures ~= s.probes then return 'count + failures ~= probes' end
-  if s.consec > s.failures then return 'consecutive failures exceed failures' end
-  if s.count == 0 then
-    if s.m2 ~= 0 or s.ewma_at ~= '0' then return 'no sample but m2 or ewma set' end
-  else
-    if s.min > s.max then return 'min > max' end
-    local tol = 1e-9 * s.max
-    if s.mean < s.min - tol or s.mean > s.max + tol then return 'mean outside [min, max]' end
-    if s.ewma < s.min - tol or s.ewma > s.max + tol then return 'ewma outside [min, max]' end
-    if s.count == 1 and s.m2 ~= 0 then return 'one sample but m2 set' end
-  end
-  return nil
 end
 
 -- the stored buckets when their bounds are this agent's, else a rebuild
@@ -221,38 +485,12 @@ end
 -- makes a comparison or a length fail: caught, malformed)
 local function unblob_(raw)
   local t = cmsgpack.unpack(raw)
-  if t[1] ~= 2 then return nil, 'layout version ' .. tostring(t[1]) end
-  if t[2] ~= mapping then return nil, 'sketch mapping ' .. tostring(t[2]) .. ' differs from ' .. mapping end
+  local why = check_blob(t)
+  if why then return nil, why end
   local s = {gen = t[3], count = t[4], mean = t[5], m2 = t[6], min = t[7], max = t[8], ewma = t[9],
     ewma_at = t[10], probes = t[11], failures = t[12], consec = t[13], last_ok = t[14], last_fail = t[15],
     vs = t[16], vsince = t[17], vf = t[18], vok = t[19], vslow = t[20], vgood = t[21],
     wt = t[24], wc = t[25], na = t[26], ex = t[27], et = t[28], rebuild = false}
-  if type(s.gen) ~= 'string' then return nil, 'generation is ' .. tostring(s.gen) end
-  local c = s.count + s.probes + s.failures + s.consec + s.vs + s.vf + s.vok + s.vslow + s.vgood + s.wt + s.wc + s.na + s.ex + s.et
-  if c ~= math.floor(c) or c > 9007199254740992 or s.count < 0 or s.probes < 0 or s.failures < 0 or s.consec < 0
-    or s.vs < 0 or s.vf < 0 or s.vok < 0 or s.vslow < 0 or s.vgood < 0 or s.wt < 0 or s.wc < 0 or s.na < 0 or s.ex < 0 or s.et < 0
-    or type(s.count) ~= 'number' or type(s.probes) ~= 'number' then
-    return nil, 'counters are not integers'
-  end
-  for _, x in ipairs({s.count, s.probes, s.failures, s.consec, s.vs, s.vf, s.vok, s.vslow, s.vgood, s.wt, s.wc, s.na, s.ex, s.et}) do
-    if x ~= math.floor(x) then return nil, 'counters are not integers' end
-  end
-  local f = s.mean + s.m2 + s.min + s.max + s.ewma
-  if f ~= f or f == math.huge or s.mean < 0 or s.m2 < 0 or s.min < 0 or s.max < 0 or s.ewma < 0 or type(s.mean) ~= 'number' then
-    return nil, 'a statistic is not a finite non-negative number'
-  end
-  if not (nstime(s.ewma_at) and nstime(s.last_ok) and nstime(s.last_fail) and nstime(s.vsince)) then
-    return nil, 'a time is not nanoseconds'
-  end
-  if type(t[22]) ~= 'string' then return nil, 'bounds are ' .. tostring(t[22]) end
-  local why = check(s)
-  if why then return nil, why end
-  if t[23] ~= '' then
-    if type(t[23]) ~= 'table' then return nil, 'buckets are ' .. tostring(t[23]) end
-    for i = 1, #t[23] do
-      if bcount(t[23][i]) == nil then return nil, 'bucket ' .. i .. ' is ' .. tostring(t[23][i]) end
-    end
-  end
   why = take_buckets(s, t[22], t[23])
   if why then return nil, why end
   return s
@@ -264,13 +502,16 @@ local function unblob(raw)
   return s, why
 end
 
-local function blob(s)
+-- as_array is s in the BLOB's array form
+local function as_array(s)
   local bk = ''
   if s.buckets then bk = s.buckets end
-  return cmsgpack.pack({2, mapping, s.gen, s.count, s.mean, s.m2, s.min, s.max, s.ewma, s.ewma_at,
+  return {2, mapping, s.gen, s.count, s.mean, s.m2, s.min, s.max, s.ewma, s.ewma_at,
     s.probes, s.failures, s.consec, s.last_ok, s.last_fail, s.vs, s.vsince, s.vf, s.vok, s.vslow, s.vgood,
-    s.bounds, bk, s.wt, s.wc, s.na, s.ex, s.et})
+    s.bounds, bk, s.wt, s.wc, s.na, s.ex, s.et}
 end
+
+local function blob(s) return cmsgpack.pack(as_array(s)) end
 
 -- window entries (newest first): nil when they are valid for s, else why
 local function check_win(w, s)
@@ -324,7 +565,7 @@ local function load_v1()
     s.vsince = nstime(h.vsince)
     if s.vsince == nil then return nil, O_STATS, 'field vsince is ' .. tostring(h.vsince) end
   end
-  local why = check(s)
+  local why = check(as_array(s))
   if why then return nil, O_STATS, why end
   local stored
   if nb > 0 and h.bounds == bounds then
@@ -528,39 +769,8 @@ local function verdict_of()
   return {s.vs, s.vsince, s.vf, s.vok, s.vslow, s.vgood}
 end
 
--- stats.Verdict.Step: one round of class c ('f', 's' slow, 'g' good) at t
-local UNKNOWN, UP, DEGRADED, DOWN = 0, 1, 2, 3
-local function step(c, t)
-  if s.vsince == '0' then s.vsince = t end
-  if c == 'f' then
-    s.vf = s.vf + 1
-    s.vok, s.vslow, s.vgood = 0, 0, 0
-  elseif c == 's' then
-    s.vf, s.vgood = 0, 0
-    s.vok = s.vok + 1
-    s.vslow = s.vslow + 1
-  else
-    s.vf, s.vslow = 0, 0
-    s.vok = s.vok + 1
-    s.vgood = s.vgood + 1
-  end
-  local nxt = s.vs
-  if s.vf >= fail_th then
-    nxt = DOWN
-  elseif s.vs == UNKNOWN or s.vs == DOWN then
-    if s.vok >= succ_th then
-      nxt = UP
-      if c == 's' then nxt = DEGRADED end
-    end
-  elseif s.vs == UP then
-    if s.vslow >= fail_th then nxt = DEGRADED end
-  elseif s.vs == DEGRADED then
-    if s.vgood >= succ_th then nxt = UP end
-  end
-  if nxt ~= s.vs then
-    s.vs = nxt
-    if ns_less(s.vsince, t) then s.vsince = t end
-  end
+local function verdict_step(c, t)
+  s.vs, s.vsince, s.vf, s.vok, s.vslow, s.vgood = step(s.vs, s.vsince, s.vf, s.vok, s.vslow, s.vgood, c, t)
 end
 
 local function apply()
@@ -583,29 +793,8 @@ local function apply()
         local x = tonumber(xs)
         s.consec = 0
         if ns_less(s.last_ok, t) then s.last_ok = t end
-        -- Welford
-        if s.count == 0 then
-          s.count = 1
-          s.mean, s.m2, s.min, s.max = x, 0, x, x
-        else
-          s.count = s.count + 1
-          local d = x - s.mean
-          s.mean = s.mean + d / s.count
-          s.m2 = s.m2 + d * (x - s.mean)
-          if x < s.min then s.min = x end
-          if x > s.max then s.max = x end
-        end
-        -- time-based EWMA
-        if s.ewma_at == '0' then
-          s.ewma, s.ewma_at = x, t
-        else
-          local dt = ns_diff(t, s.ewma_at)
-          if dt > 0 then
-            local alpha, decay = weights(dt)
-            s.ewma = decay * s.ewma + alpha * x
-            s.ewma_at = t
-          end
-        end
+        s.count, s.mean, s.m2, s.min, s.max, s.ewma, s.ewma_at =
+          sample(s.count, s.mean, s.m2, s.min, s.max, s.ewma, s.ewma_at, x, t)
         local bin = ARGV[o + 4]
         binadd[bin] = (binadd[bin] or 0) + 1
         if nb > 0 and not s.rebuild then
@@ -625,7 +814,7 @@ local function apply()
             if has and x > objective then c = 's' end
           end
         end
-        step(c, t)
+        verdict_step(c, t)
       end
     end
   end
