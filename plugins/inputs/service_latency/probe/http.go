@@ -126,8 +126,13 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 		return nil, keyerr.Errorf("method", "invalid method %q", method)
 	}
 
-	header := make(http.Header, len(o.Headers)+2)
-	header.Set("User-Agent", UserAgent)
+	var header http.Header
+	if len(o.Headers) == 0 && u.User == nil {
+		header = sharedHeaders(UserAgent).plain // nothing of the service's own
+	} else {
+		header = make(http.Header, len(o.Headers)+2)
+		header.Set("User-Agent", UserAgent)
+	}
 	reqHost := ""
 	for k, v := range o.Headers {
 		if !isToken(k) {
@@ -286,6 +291,31 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 		p.getBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(p.body)), nil }
 	}
 	return p, nil
+}
+
+// defaultHeaders are the request headers of every prober that sets no
+// header of its own, for one User-Agent: plain is what such a request
+// carries, gzip the same with the Accept-Encoding the fast path adds.
+// Probers share them read-only (nothing writes a request's Header: the
+// Transport path clones it to add credentials), so 100,000 services are
+// not 100,000 copies of the same two maps.
+type defaultHeaders struct {
+	plain, gzip http.Header
+}
+
+var sharedHeaderSets sync.Map // User-Agent → *defaultHeaders
+
+// sharedHeaders returns the default headers for userAgent.
+func sharedHeaders(userAgent string) *defaultHeaders {
+	if d, ok := sharedHeaderSets.Load(userAgent); ok {
+		return d.(*defaultHeaders)
+	}
+	d := &defaultHeaders{
+		plain: http.Header{"User-Agent": {userAgent}},
+		gzip:  http.Header{"User-Agent": {userAgent}, "Accept-Encoding": {"gzip"}},
+	}
+	actual, _ := sharedHeaderSets.LoadOrStore(userAgent, d)
+	return actual.(*defaultHeaders)
 }
 
 // phasesKey carries a probe's *phases to the Transport's DialContext.

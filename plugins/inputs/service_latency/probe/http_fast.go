@@ -123,14 +123,8 @@ func newFastHTTP(u *url.URL, host, port string, base *http.Request, body string,
 
 	// Render the request with net/http's own writer, with the headers the
 	// Transport adds to a request on a connection without keep-alive.
-	h := base.Header.Clone()
-	if auth != authNone {
-		h.Del("Authorization") // added per probe from the secrets
-	}
-	f.gzip = h.Get("Accept-Encoding") == "" && h.Get("Range") == "" && base.Method != http.MethodHead
-	if f.gzip {
-		h.Set("Accept-Encoding", "gzip")
-	}
+	var h http.Header
+	h, f.gzip = fastHeaders(base, auth)
 	req := &http.Request{
 		Method:     base.Method,
 		URL:        base.URL,
@@ -145,18 +139,43 @@ func newFastHTTP(u *url.URL, host, port string, base *http.Request, body string,
 		req.Body = io.NopCloser(strings.NewReader(body))
 		req.ContentLength = int64(len(body))
 	}
-	var buf bytes.Buffer
-	if err := req.Write(&buf); err != nil {
+	buf := renderPool.Get().(*bytes.Buffer)
+	defer renderPool.Put(buf)
+	buf.Reset()
+	if err := req.Write(buf); err != nil {
 		return nil // e.g. an invalid Host: the Transport reports it per probe
 	}
-	out := buf.Bytes()
-	i := bytes.Index(out, []byte("\r\n\r\n"))
+	i := bytes.Index(buf.Bytes(), []byte("\r\n\r\n"))
 	if i < 0 {
 		return nil
 	}
+	out := bytes.Clone(buf.Bytes()) // kept for the prober's life: no spare capacity
 	f.head = out[: i+2 : i+2]
 	f.body = out[i+4:]
 	return f
+}
+
+// renderPool holds the buffers requests are rendered into.
+var renderPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// fastHeaders are the headers the fast path renders for base: base's,
+// without Authorization when it comes from the secrets (added per probe),
+// with Accept-Encoding: gzip unless base has an Accept-Encoding or a
+// Range, or is a HEAD (as the Transport does; gzip says whether it was
+// added). A request with the default headers only gets the shared set.
+func fastHeaders(base *http.Request, auth authKind) (h http.Header, gzip bool) {
+	gzip = base.Header.Get("Accept-Encoding") == "" && base.Header.Get("Range") == "" && base.Method != http.MethodHead
+	if ua := base.Header["User-Agent"]; gzip && len(base.Header) == 1 && len(ua) == 1 {
+		return sharedHeaders(ua[0]).gzip, true
+	}
+	h = base.Header.Clone()
+	if auth != authNone {
+		h.Del("Authorization") // added per probe from the secrets
+	}
+	if gzip {
+		h.Set("Accept-Encoding", "gzip")
+	}
+	return h, gzip
 }
 
 // fastBuffers are the per-probe buffers of the fast path, pooled.
