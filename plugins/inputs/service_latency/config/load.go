@@ -311,7 +311,8 @@ func expandEnv(s string) (string, error) {
 // and would fail at the first use.
 func unlinkedSecrets(c *Config) error {
 	var found error
-	walkSecrets(reflect.ValueOf(c).Elem(), nil, func(path []string, s *config.Secret) {
+	path := make([]string, 0, 8) // deeper than any key path: appends reuse it
+	walkSecrets(reflect.ValueOf(c).Elem(), path, func(path []string, s *config.Secret) {
 		if found != nil || len(s.GetUnlinked()) == 0 {
 			return
 		}
