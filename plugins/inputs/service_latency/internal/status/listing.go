@@ -6,6 +6,7 @@ package status
 // JSON: no body holds it, a client pages through it.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -115,7 +116,7 @@ func writeJSONError(w http.ResponseWriter, code int, msg string) {
 
 // listingFor returns the services part q asks for, or why there is none
 // (an unknown service or cursor).
-func (s *Server) listingFor(sn *snapshot, frame *document, q statusQuery) (*listing, *errorResponse) {
+func (s *Server) listingFor(ctx context.Context, sn *snapshot, frame *document, q statusQuery) (*listing, *errorResponse) {
 	switch {
 	case q.service != "":
 		i, ok := sn.index()[q.service]
@@ -133,6 +134,12 @@ func (s *Server) listingFor(sn *snapshot, frame *document, q statusQuery) (*list
 			return nil, &errorResponse{http.StatusNotFound, fmt.Sprintf("after=%q: no such service (the configuration changed since the previous page?): start again without after=", q.after)}
 		}
 		from = i + 1
+	}
+	select {
+	case s.pageRender <- struct{}{}:
+		defer func() { <-s.pageRender }()
+	case <-ctx.Done():
+		return nil, &errorResponse{http.StatusServiceUnavailable, "the request ended while waiting for another page's render"}
 	}
 	return sn.renderListing(from, q.limit, s.listBudget(frame), true), nil
 }

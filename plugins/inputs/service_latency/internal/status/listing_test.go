@@ -90,6 +90,7 @@ func TestStatusBadParameters(t *testing.T) {
 // page holds; any name, escaped; unknown: 404 and a JSON error.
 func TestStatusOneService(t *testing.T) {
 	s, _ := startServer(t, Settings{})
+	s.SetClock(func() time.Time { return t0 }) // "health", and so the length, the same in every body
 	svcs := synthServices(30, t0)
 	odd := []string{hostile, "a b+c&d=e", "naïve ✓", "svc-0002/../x"}
 	for i, name := range odd {
@@ -202,4 +203,26 @@ func TestStatusPages(t *testing.T) {
 	require.Nil(t, doc.NextAfter)
 	require.True(t, strings.HasSuffix(body, "\"services\": []\n}\n"), body)
 	jsonError(t, empty, "?service=svc-0000", http.StatusNotFound)
+}
+
+// Pages render one at a time: while one renders, another page waits (and
+// gives up with its client), the default page and ?service= do not wait.
+func TestPageRendersOneAtATime(t *testing.T) {
+	s, _ := startServer(t, Settings{})
+	s.Publish(report(t0, synthServices(30, t0)...))
+	s.pageRender <- struct{}{} // a page render in progress
+	impatient := &http.Client{Timeout: 300 * time.Millisecond}
+	start := time.Now()
+	_, err := impatient.Get("http://" + s.Addr() + "/status?limit=5")
+	require.Error(t, err, "the page waited for the render in progress")
+	require.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond)
+	for _, q := range []string{"", "?service=svc-0007"} {
+		doc, _ := statusAt(t, s, q)
+		require.NotEmpty(t, doc.Services, "%q is not held up by a page render", q)
+	}
+	<-s.pageRender
+	doc, _ := statusAt(t, s, "?limit=5")
+	require.Len(t, doc.Services, 5)
+	require.Empty(t, s.pageRender, "the token is given back")
+	require.Eventually(t, func() bool { return len(s.slots) == 0 }, 5*time.Second, 10*time.Millisecond, "the waiting request gave its slot back")
 }

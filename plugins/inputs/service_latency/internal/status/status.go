@@ -32,7 +32,9 @@
 //   - Other pages (?limit=N, ?after=NAME) and one service (?service=NAME)
 //     are rendered per request from the snapshot, at most MaxLimit
 //     services each (listing.go): a page costs its own services, never
-//     the 100,000 of the gather.
+//     the 100,000 of the gather. One page renders at a time (up to ~0.1 s
+//     of CPU; four at once would take both cores of a small machine from
+//     the probes); the others wait for it within their slots.
 //   - At most MaxConcurrent /status requests render or write at once; one
 //     more gets 503 with "Retry-After: 1" at once instead of queueing.
 //     /healthz and / are small and constant-size and are not counted, so
@@ -188,6 +190,11 @@ type Server struct {
 	now atomic.Pointer[func() time.Time]
 	// slots bounds the /status requests in progress.
 	slots chan struct{}
+	// pageRender lets one page render at a time (a token): up to 10,000
+	// services is ~0.1 s of CPU, and four at once on a 2-core machine
+	// would take both cores from the probes. Waiting is bounded by the
+	// slots.
+	pageRender chan struct{}
 	// maxBody is MaxBodyBytes (smaller in tests).
 	maxBody int
 	// renders counts renders (tests).
@@ -228,11 +235,12 @@ type lastError struct {
 // until Start. log gets the "listening on" line; nil discards it.
 func New(s Settings, log telegraf.Logger) *Server {
 	srv := &Server{
-		set:       s,
-		log:       log,
-		slots:     make(chan struct{}, MaxConcurrent),
-		pageSlots: make(chan struct{}, MaxConcurrent),
-		maxBody:   MaxBodyBytes,
+		set:        s,
+		log:        log,
+		slots:      make(chan struct{}, MaxConcurrent),
+		pageRender: make(chan struct{}, 1),
+		pageSlots:  make(chan struct{}, MaxConcurrent),
+		maxBody:    MaxBodyBytes,
 	}
 	srv.cur.Store(&snapshot{})
 	return srv
@@ -508,7 +516,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "encoding the status: "+frame.err.Error(), http.StatusInternalServerError)
 		return
 	}
-	ls, refused := s.listingFor(sn, frame, q)
+	ls, refused := s.listingFor(r.Context(), sn, frame, q)
 	if refused != nil {
 		writeJSONError(w, refused.code, refused.msg)
 		return
