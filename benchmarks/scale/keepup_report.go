@@ -116,12 +116,14 @@ func pairs(run *keepupRun) []keepupPair {
 func writeKeepupSummary(b *strings.Builder, run *keepupRun) {
 	ps := pairs(run)
 	b.WriteString("Over the counted gathers (error percentiles over all their successful probes; *ours − plain* is what the plugin adds to what any prober measures here: connecting, the loaded machine, the target — whose own lateness alone, on one kept connection with nothing else in flight, is the last column):\n\n")
-	b.WriteString("| N | every counted round ended before the next tick | worst slack | CPU / probe: ours | plain | ours / plain | error p50: ours | plain | ours − plain | error p99: ours | plain | ours − plain | target's own lateness |\n")
-	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| N | every counted round ended before the next tick | worst slack | probes ok / failed: ours | plain | CPU / probe: ours | plain | ours / plain | error p50: ours | plain | ours − plain | error p99: ours | plain | ours − plain | target's own lateness |\n")
+	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, p := range ps {
 		ok, worst := keptUp(p.ours)
-		fmt.Fprintf(b, "| %d | %s | %s | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n",
-			p.n, yesNo(ok), fmtSigned(worst),
+		oursOK, oursFailed := countedProbes(p.ours)
+		plainOK, plainFailed := countedProbes(p.plain)
+		fmt.Fprintf(b, "| %d | %s | %s | %d / %d | %d / %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n",
+			p.n, yesNo(ok), fmtSigned(worst), oursOK, oursFailed, plainOK, plainFailed,
 			fmtDur(p.ours.CPUPerProbe), fmtDur(p.plain.CPUPerProbe), ratio(p.ours.CPUPerProbe, p.plain.CPUPerProbe),
 			fmtErr(p.ours.ErrP50), fmtErr(p.plain.ErrP50), fmtErr(p.ours.ErrP50-p.plain.ErrP50),
 			fmtErr(p.ours.ErrP99), fmtErr(p.plain.ErrP99), fmtErr(p.ours.ErrP99-p.plain.ErrP99),
@@ -130,8 +132,12 @@ func writeKeepupSummary(b *strings.Builder, run *keepupRun) {
 	b.WriteString("\nThe issue's conditions, from the rows above (one run; the machine is shared, so read them with its load average):\n\n")
 	for _, p := range ps {
 		ok, worst := keptUp(p.ours)
-		fmt.Fprintf(b, "- N = %d: every round completes before the next — %s (worst slack %s); CPU per probe ≤ the plain loop's — %s (%s vs %s, ×%.2f).\n",
-			p.n, metOrNot(ok), fmtSigned(worst), metOrNot(p.ours.CPUPerProbe <= p.plain.CPUPerProbe),
+		failed := ""
+		if _, f := countedProbes(p.ours); f > 0 {
+			failed = fmt.Sprintf(", but %d probes failed", f)
+		}
+		fmt.Fprintf(b, "- N = %d: every round completes before the next — %s (worst slack %s%s); CPU per probe ≤ the plain loop's — %s (%s vs %s, ×%.2f).\n",
+			p.n, metOrNot(ok), fmtSigned(worst), failed, metOrNot(p.ours.CPUPerProbe <= p.plain.CPUPerProbe),
 			fmtDur(p.ours.CPUPerProbe), fmtDur(p.plain.CPUPerProbe), ratio(p.ours.CPUPerProbe, p.plain.CPUPerProbe))
 	}
 	if len(ps) >= 2 {
@@ -144,8 +150,8 @@ func writeKeepupSummary(b *strings.Builder, run *keepupRun) {
 	}
 }
 
-// keptUp reports whether every counted gather ended before the next tick
-// with every probe successful, and the worst slack.
+// keptUp reports whether every counted gather ended before the next
+// tick, and the worst slack.
 func keptUp(r *keepupResult) (bool, time.Duration) {
 	ok := len(r.Gathers) > 1
 	var worst time.Duration
@@ -153,11 +159,20 @@ func keptUp(r *keepupResult) (bool, time.Duration) {
 		if i == 0 || g.Slack < worst {
 			worst = g.Slack
 		}
-		if g.Slack <= 0 || g.Failed > 0 {
+		if g.Slack <= 0 {
 			ok = false
 		}
 	}
 	return ok, worst
+}
+
+// countedProbes are the ok and failed probes of the counted gathers.
+func countedProbes(r *keepupResult) (ok, failed int) {
+	for _, g := range r.Gathers[1:] {
+		ok += g.OK
+		failed += g.Failed
+	}
+	return ok, failed
 }
 
 func ratio(a, b time.Duration) float64 {

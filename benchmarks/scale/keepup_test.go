@@ -66,7 +66,7 @@ func TestKeepupSmall(t *testing.T) {
 		}
 	}
 	md := keepupMarkdown(run)
-	for _, want := range []string{"| 200 | service_latency | 0 (burst, not counted) |", "| 200 | plain net/http | 1 |", "| 200 | yes |", "`timeout = \"500ms\"`"} {
+	for _, want := range []string{"| 200 | service_latency | 0 (burst, not counted) |", "| 200 | plain net/http | 1 |", "| 200 | yes |", "| 200 / 0 | 200 / 0 |", "`timeout = \"500ms\"`"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("the Markdown lacks %q:\n%s", want, md)
 		}
