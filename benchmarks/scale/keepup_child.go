@@ -246,10 +246,11 @@ func onTicker(sp *keepupSpec, gather gatherFunc, res *keepupResult) error {
 			cpuStart = cpuNow
 		}
 		if g == 1 && sp.CPUProfile != "" {
-			var err error
-			if stopProfile, err = startCPUProfile(sp.CPUProfile); err != nil {
+			stop, err := startCPUProfile(sp.CPUProfile)
+			if err != nil {
 				return err
 			}
+			stopProfile = stop
 		}
 		acc.reset()
 		smp.reset()
