@@ -325,7 +325,7 @@ func compileService(c *Config, i int, s *Service, base stats.Params, pcts []floa
 	if err := checkTags(s.Tags); err != nil {
 		return nil, fail("tags", err)
 	}
-	prober, err := probe.New(s.URL, timeout, defaults.forService(s))
+	prober, err := probe.NewShared(s.URL, timeout, defaults.forService(s))
 	if err != nil {
 		return nil, nested(i, boundedName(s.Name), "", err)
 	}
@@ -341,23 +341,26 @@ func compileService(c *Config, i int, s *Service, base stats.Params, pcts []floa
 type schemeDefaults struct {
 	o  probe.Options
 	mu sync.Mutex
-	by map[string]probe.Options
+	by map[string]*probe.Options
 }
 
 // forService is s.Options.WithDefaults(plugin options.ApplicableTo(url)).
-// A service that sets no option of its own gets the defaults themselves:
-// WithDefaults fills every unset field of Options from them.
-func (d *schemeDefaults) forService(s *Service) probe.Options {
+// A service that sets no option of its own gets the defaults themselves
+// (WithDefaults fills every unset field of Options from them), shared:
+// the result is only read (probe.NewShared).
+func (d *schemeDefaults) forService(s *Service) *probe.Options {
 	scheme, ok := urlScheme(s.URL)
 	if !ok {
-		return s.Options.WithDefaults(d.o.ApplicableTo(s.URL))
+		o := s.Options.WithDefaults(d.o.ApplicableTo(s.URL))
+		return &o
 	}
 	d.mu.Lock()
 	def, ok := d.by[scheme]
 	if !ok {
-		def = d.o.ApplicableTo(scheme + "://x/") // it depends on the scheme only
+		o := d.o.ApplicableTo(scheme + "://x/") // it depends on the scheme only
+		def = &o
 		if d.by == nil {
-			d.by = map[string]probe.Options{}
+			d.by = map[string]*probe.Options{}
 		}
 		d.by[scheme] = def
 	}
@@ -365,7 +368,8 @@ func (d *schemeDefaults) forService(s *Service) probe.Options {
 	if reflect.ValueOf(&s.Options).Elem().IsZero() {
 		return def
 	}
-	return s.Options.WithDefaults(def)
+	o := s.Options.WithDefaults(*def)
+	return &o
 }
 
 // urlScheme is the lower-cased scheme of a URL that has one ("http" of

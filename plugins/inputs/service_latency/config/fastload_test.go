@@ -1,14 +1,20 @@
 package config
 
 import (
+	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/influxdata/toml"
 	"github.com/influxdata/toml/ast"
 	"github.com/stretchr/testify/require"
+
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/probe"
 )
 
 // manyServices is a file with n services past the fast path's threshold;
@@ -143,4 +149,57 @@ func TestFastParseFallsBack(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, f.Config.Services, n)
 	require.NotNil(t, f.Config.Redis)
+}
+
+// TestCompileManyServicesShareDefaults: thousands of services, compiled
+// in parallel (go test -race: the probers read their scheme's defaults
+// together), from a file the scanner reads; services with options of
+// their own get them on top of the defaults.
+func TestCompileManyServicesShareDefaults(t *testing.T) {
+	var mu sync.Mutex
+	methods := map[string]string{} // path → method
+	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		methods[r.URL.Path] = r.Method
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	n := 3000
+	src := manyServices(n, "  timeout = \"3s\"\n  method = \"HEAD\"\n", func(i int) string {
+		s := fmt.Sprintf("  name = \"svc-%d\"\n  url = \"%s/%d\"\n", i, srv.URL, i)
+		switch i % 5 {
+		case 1:
+			s += "  method = \"POST\"\n  body = \"x\"\n"
+		case 2:
+			s += "  tags = { team = \"t\" }\n"
+		case 3:
+			s = fmt.Sprintf("  name = \"svc-%d\"\n  url = \"tcp://127.0.0.1:%d\"\n", i, 1000+i)
+		}
+		return s
+	})
+	f, err := Parse([]byte(src))
+	require.NoError(t, err)
+	spec, err := Compile(&f.Config)
+	require.NoError(t, err)
+	defer spec.Close()
+	require.Len(t, spec.Targets, n)
+	for i, tg := range spec.Targets {
+		require.Equal(t, fmt.Sprintf("svc-%d", i), tg.Name)
+		want := "http"
+		if i%5 == 3 {
+			want = "tcp"
+		}
+		require.Equal(t, want, tg.Prober.Kind(), "service %d", i)
+	}
+	// Each prober sends its own method: the defaults' (shared), or the
+	// service's on top of them; the defaults are not changed by it.
+	for i := range 10 {
+		if i%5 != 3 {
+			require.Equal(t, probe.Success, spec.Targets[i].Prober.Probe(context.Background()).Outcome)
+		}
+	}
+	require.Equal(t, map[string]string{"/0": "HEAD", "/1": "POST", "/2": "HEAD", "/4": "HEAD",
+		"/5": "HEAD", "/6": "POST", "/7": "HEAD", "/9": "HEAD"}, methods)
+	require.Equal(t, "HEAD", f.Config.Options.Method)
+	require.Empty(t, f.Config.Options.Body)
 }

@@ -40,6 +40,13 @@ var UserAgent = "service_latency"
 // timeout bounds every probe (together with the context given to Probe).
 // o should already carry the plugin-wide defaults (see Options.WithDefaults).
 func New(rawURL string, timeout time.Duration, o Options) (Prober, error) {
+	return NewShared(rawURL, timeout, &o)
+}
+
+// NewShared is New with the options by reference, for callers that pass
+// the same options to many probers (a config's defaults for a scheme):
+// no copy of Options per prober. o is only read, by concurrent calls too.
+func NewShared(rawURL string, timeout time.Duration, o *Options) (Prober, error) {
 	if timeout <= 0 {
 		return nil, keyerr.Errorf("timeout", "must be > 0, got %s", timeout)
 	}
@@ -62,15 +69,15 @@ func New(rawURL string, timeout time.Duration, o Options) (Prober, error) {
 	}
 	switch u.Scheme {
 	case "http", "https":
-		return checked(newHTTP(u, timeout, &o))
+		return checked(newHTTP(u, timeout, o))
 	case "tcp":
-		return checked(newTCP(u, timeout, &o))
+		return checked(newTCP(u, timeout, o))
 	case "icmp":
-		return checked(newICMP(u, timeout, &o))
+		return checked(newICMP(u, timeout, o))
 	case "grpc", "grpcs":
-		return checked(newGRPC(u, timeout, &o))
+		return checked(newGRPC(u, timeout, o))
 	default: // "dns"
-		return checked(newDNS(u, timeout, &o))
+		return checked(newDNS(u, timeout, o))
 	}
 }
 
