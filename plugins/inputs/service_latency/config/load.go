@@ -284,6 +284,9 @@ var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 // line (outside comments): strict is the promise, and an empty value
 // would silently change what is probed.
 func expandEnv(s string) (string, error) {
+	if !strings.Contains(s, "${") {
+		return s, nil // nothing to expand: no copy of a large file
+	}
 	esc := strings.NewReplacer(`"`, `\"`, `\`, `\\`, "\n", `\n`)
 	var missing error
 	out := envRE.ReplaceAllStringFunc(s, func(m string) string {

@@ -217,11 +217,15 @@ func buildHTTP(u *url.URL, timeout time.Duration, o *Options, fastOK bool) (*htt
 	keepAlive := o.KeepAlive != nil && *o.KeepAlive
 	follow := o.FollowRedirects != nil && *o.FollowRedirects
 
-	target := *u
-	target.User = nil
+	target := u // u is this prober's own (NewShared parsed it)
+	if u.User != nil {
+		withoutUser := *u
+		withoutUser.User = nil
+		target = &withoutUser
+	}
 	p.base = &http.Request{
 		Method:     method,
-		URL:        &target,
+		URL:        target,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
