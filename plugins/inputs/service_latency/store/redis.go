@@ -187,6 +187,10 @@ type syncState struct {
 	gen    string
 	probes int64
 	record string
+	// blob is the packed state of that reply: sent back, it spares the
+	// script the validation of a stored state that is still that blob
+	// (the reply's own string, kept: ~200 bytes per service).
+	blob   string
 	window int
 	bounds string
 	// writes counts the writes since the last full read: every
@@ -947,7 +951,7 @@ func (r *Redis) args(b *batch) []interface{} {
 	default:
 		stat = strconv.FormatFloat(v.Statistic.Percentile, 'g', -1, 64)
 	}
-	args := make([]interface{}, 0, 18+7*len(b.entries))
+	args := make([]interface{}, 0, 19+7*len(b.entries))
 	args = append(args,
 		r.opts.AgentID,
 		r.mapping,
@@ -965,9 +969,9 @@ func (r *Redis) args(b *batch) []interface{} {
 		stat,
 	)
 	if sy := r.syncFor(b); sy != nil {
-		args = append(args, sy.gen, strconv.FormatInt(sy.probes, 10), sy.record)
+		args = append(args, sy.gen, strconv.FormatInt(sy.probes, 10), sy.record, sy.blob)
 	} else {
-		args = append(args, "", "-1", "")
+		args = append(args, "", "-1", "", "")
 	}
 	args = append(args, strconv.Itoa(len(b.entries)))
 	m := stats.SketchMapping()
@@ -1078,7 +1082,7 @@ func (r *Redis) decodeCallResult(b *batch, v interface{}) *callResult {
 		return &callResult{err: fmt.Errorf("state of service %q in Redis (%s) is malformed: %w", b.service, keys[0], err)}
 	}
 	if b.observed && rep.record != "" {
-		next := &syncState{gen: rep.gen, probes: st.Probes, record: rep.record, window: b.params.Window, bounds: formatBounds(b.params.Buckets)}
+		next := &syncState{gen: rep.gen, probes: st.Probes, record: rep.record, blob: rep.blob, window: b.params.Window, bounds: formatBounds(b.params.Buckets)}
 		if rep.delta && sy != nil {
 			next.writes = sy.writes + 1
 		}
@@ -1100,6 +1104,7 @@ type scriptReply struct {
 	status, key, reason string
 	before              stats.Verdict // the verdict before the batch's last round
 	gen                 string        // the state's generation in Redis
+	blob                string        // the packed state as stored
 	record              string        // the agent's sequence record ("" = none)
 	delta               bool          // only the probes since the agent's copy were sent
 }
@@ -1124,7 +1129,8 @@ func decodeReply(v interface{}, st *stats.State, p stats.Params) (rep scriptRepl
 	default:
 		return rep, fmt.Errorf("reply mode %q", str(arr[6]))
 	}
-	raw, err := mpDecode([]byte(str(arr[3])))
+	rep.blob = str(arr[3])
+	raw, err := mpDecode([]byte(rep.blob))
 	if err != nil {
 		return rep, fmt.Errorf("state: %w", err)
 	}

@@ -7,7 +7,9 @@
 --                  BLOB below); "a:<agent id>" -> "<last applied seq>:<unix
 --                  seconds>" (idempotence); "b<bin index>" / "bz" -> DDSketch
 --                  bin count (integer, HINCRBY)
---   2 window list  the last probes, newest first: a latency or "f" (failed)
+--   2 window list  the last probes, newest first: a latency or "f" (failed);
+--                  the first ARGV[3] entries are the window, up to 15 more
+--                  wait for the next trim (see TRIM_EVERY)
 --   3..6  the previous layout (1): stats hash, window list, sketch hash,
 --         agents hash; read once when the state key does not exist yet,
 --         migrated into 1 and 2, and deleted
@@ -24,8 +26,11 @@
 --   13 degraded_latency (s, "0" = no objective)
 --   14 degraded_statistic: "ewma", "avg" or a window percentile ("95")
 --   15 the agent's copy: generation ("" = none: send the full state),
---   16 its probes count, 17 the agent's sequence record it was returned with
---   18 number of observations, then 7 per observation, oldest first:
+--   16 its probes count, 17 the agent's sequence record it was returned with,
+--   18 the packed state (BLOB) it was decoded from ("" = none): a stored
+--      blob equal to it was written and returned by this script, validated
+--      then, and is not validated again
+--   19 number of observations, then 7 per observation, oldest first:
 --      seq, time (unix ns, decimal), ok ("1"/"0"), latency (s), sketch bin
 --      (index or "z"), bucket (1-based, "" = none), round ("" = not the
 --      last observation of a round; "1"/"0" = it ends a round whose result
@@ -90,9 +95,9 @@ local fail_th = math.max(tonumber(ARGV[11]) or 1, 1)
 local succ_th = math.max(tonumber(ARGV[12]) or 1, 1)
 local objective = tonumber(ARGV[13]) or 0
 local statistic = ARGV[14]
-local sync_gen, sync_ver, sync_seq = ARGV[15], tonumber(ARGV[16]) or -1, ARGV[17]
-local nobs = tonumber(ARGV[18])
-local OBS0, OBSN = 19, 7
+local sync_gen, sync_ver, sync_seq, sync_blob = ARGV[15], tonumber(ARGV[16]) or -1, ARGV[17], ARGV[18]
+local nobs = tonumber(ARGV[19])
+local OBS0, OBSN = 20, 7
 local AF = 'a:' .. agent
 local LN2 = 0.69314718055994530942
 
@@ -262,7 +267,12 @@ local function check_blob(t)
   if f ~= f or f == math.huge or mean < 0 or m2 < 0 or mn < 0 or mx < 0 or ewma < 0 or type(mean) ~= 'number' then
     return 'a statistic is not a finite non-negative number'
   end
-  if not (nstime(t[10]) and nstime(t[14]) and nstime(t[15]) and nstime(t[17])) then
+  -- a time equal to one already checked is that string (Lua interns
+  -- them): the last success is usually the EWMA's time
+  local ewma_at, last_ok, last_fail, vsince = t[10], t[14], t[15], t[17]
+  if not (nstime(ewma_at) and (last_ok == ewma_at or nstime(last_ok))
+    and (last_fail == '0' or last_fail == ewma_at or nstime(last_fail))
+    and (vsince == '0' or vsince == ewma_at or vsince == last_fail or nstime(vsince))) then
     return 'a time is not nanoseconds'
   end
   if type(t[22]) ~= 'string' then return 'bounds are ' .. tostring(t[22]) end
@@ -292,6 +302,7 @@ end
 -- missing or layout-1 state, a histogram to rebuild, a window key of the
 -- wrong type) breaks out with nothing written, and the general path below
 -- does it all from the start.
+local TRIM_EVERY = 16
 repeat
   if force or sync_gen == '' then break end
   -- the HMGET fields: the state, the agent's record, then the distinct
@@ -311,13 +322,22 @@ repeat
   local r = redis.pcall('HMGET', K_S, unpack(fields, 1, nf))
   if r.err or not r[1] or not r[2] then break end
   local lastraw = string.match(r[2], '^(%d+):')
-  -- '\220\0\28': an array of exactly 28 elements, which cmsgpack packs
-  -- back the same (a hole would make it a map)
-  if lastraw == nil or lastraw ~= sync_seq or string.sub(r[1], 1, 3) ~= '\220\0\28' then break end
-  local okp, t = pcall(cmsgpack.unpack, r[1])
-  if not okp or type(t) ~= 'table' then break end
-  local okc, why = pcall(check_blob, t)
-  if not okc or why ~= nil then break end
+  if lastraw == nil or lastraw ~= sync_seq then break end
+  local t
+  if r[1] == sync_blob then
+    -- the blob this script wrote and returned at the agent's last write
+    -- (Lua interns strings: one pointer comparison)
+    t = cmsgpack.unpack(r[1])
+  else
+    -- '\220\0\28': an array of exactly 28 elements, which cmsgpack packs
+    -- back the same (a hole would make it a map)
+    if string.sub(r[1], 1, 3) ~= '\220\0\28' then break end
+    local okp
+    okp, t = pcall(cmsgpack.unpack, r[1])
+    if not okp or type(t) ~= 'table' then break end
+    local okc, why = pcall(check_blob, t)
+    if not okc or why ~= nil then break end
+  end
   local p0 = t[11]
   if t[3] ~= sync_gen or t[24] ~= window or t[25] > sync_ver or p0 ~= sync_ver then break end
   if nb == 0 then
@@ -398,7 +418,10 @@ repeat
   if applied > 0 then
     local n = redis.pcall('LPUSH', K_W, unpack(pushes, 1, np))
     if type(n) ~= 'number' then break end -- the window is of another type: the general path resets
-    if n > window then redis.call('LTRIM', K_W, 0, window - 1) end
+    -- trimmed every TRIM_EVERY pushes, not on each one once it is full
+    -- (an LTRIM costs as much as the LPUSH): every reader takes the first
+    -- window entries only
+    if n >= window + TRIM_EVERY then redis.call('LTRIM', K_W, 0, window - 1) end
     -- the TTL: refreshed at most every 1 % of it (expire_due below)
     local slack = math.floor(ttl / 100)
     local due = not (t[28] == ttl and (ttl == 0 or (slack >= 1000 and now_s >= t[27] and (now_s - t[27]) * 1000 < slack)))

@@ -48,8 +48,8 @@ func writeLayout1(t testing.TB, c *redis.Client, keys []string, agent string, se
 		obs[i].seq = seq0 + int64(i)
 	}
 	args := r.args(&batch{service: "x", params: p, entries: obs})
-	// layout 1 had no agent copy (ARGV 15-17)
-	args = append(args[:14:14], args[17:]...)
+	// layout 1 had no agent copy (ARGV 15-18)
+	args = append(args[:14:14], args[18:]...)
 	require.NoError(t, c.Eval(context.Background(), layout1Script, keys, args...).Err())
 }
 
