@@ -3,6 +3,7 @@ package config
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -157,10 +158,11 @@ func TestFastParseFallsBack(t *testing.T) {
 // their own get them on top of the defaults.
 func TestCompileManyServicesShareDefaults(t *testing.T) {
 	var mu sync.Mutex
-	methods := map[string]string{} // path → method
+	methods := map[string]string{} // path → method and body
 	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
 		mu.Lock()
-		methods[r.URL.Path] = r.Method
+		methods[r.URL.Path] = r.Method + string(body)
 		mu.Unlock()
 	}))
 	defer srv.Close()
@@ -198,8 +200,25 @@ func TestCompileManyServicesShareDefaults(t *testing.T) {
 			require.Equal(t, probe.Success, spec.Targets[i].Prober.Probe(context.Background()).Outcome)
 		}
 	}
-	require.Equal(t, map[string]string{"/0": "HEAD", "/1": "POST", "/2": "HEAD", "/4": "HEAD",
-		"/5": "HEAD", "/6": "POST", "/7": "HEAD", "/9": "HEAD"}, methods)
+	require.Equal(t, map[string]string{"/0": "HEAD", "/1": "POSTx", "/2": "HEAD", "/4": "HEAD",
+		"/5": "HEAD", "/6": "POSTx", "/7": "HEAD", "/9": "HEAD"}, methods)
 	require.Equal(t, "HEAD", f.Config.Options.Method)
 	require.Empty(t, f.Config.Options.Body)
+
+	// A prober's first probes at once (its request is rendered by the
+	// first of them): every one sends the request whole.
+	var wg sync.WaitGroup
+	outcomes := make([]probe.Outcome, 8)
+	for k := range outcomes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outcomes[k] = spec.Targets[11].Prober.Probe(context.Background()).Outcome
+		}()
+	}
+	wg.Wait()
+	for _, o := range outcomes {
+		require.Equal(t, probe.Success, o)
+	}
+	require.Equal(t, "POSTx", methods["/11"])
 }
