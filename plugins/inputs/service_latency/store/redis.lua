@@ -102,29 +102,27 @@ local AF = 'a:' .. agent
 local LN2 = 0.69314718055994530942
 
 
-local function split_ns(s)
-  local n = #s
-  if n <= 9 then return 0, tonumber(s) end
-  return tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))
-end
-
 local function ns_less(a, b)
   if #a ~= #b then return #a < #b end -- canonical decimals (no leading 0)
   return a < b
 end
 
--- (a - b) in seconds, as Go's float64(a-b)/1e9
+-- (a - b) in seconds, as Go's float64(a-b)/1e9: each split into whole
+-- seconds and nanoseconds, exact in a double
 local function ns_diff(a, b)
-  local as, an = split_ns(a)
-  local bs, bn = split_ns(b)
+  local la, lb = #a, #b
+  local as, an, bs, bn
+  if la > 9 then
+    as, an = tonumber(string.sub(a, 1, la - 9)), tonumber(string.sub(a, la - 8))
+  else
+    as, an = 0, tonumber(a)
+  end
+  if lb > 9 then
+    bs, bn = tonumber(string.sub(b, 1, lb - 9)), tonumber(string.sub(b, lb - 8))
+  else
+    bs, bn = 0, tonumber(b)
+  end
   return ((as - bs) * 1e9 + (an - bn)) / 1e9
-end
-
-local function expm1(u)
-  -- full relative precision near 0 (Lua 5.1 has no expm1)
-  if u == 0 then return 0 end
-  local t = math.tanh(u / 2)
-  return 2 * t / (1 - t)
 end
 
 -- alpha = 1 - exp(-dt/tau), decay = exp(-dt/tau), as stats.ewmaWeights
@@ -132,7 +130,10 @@ local function weights(dt)
   if not (tau > 0) then return 1, 0 end
   local u = -dt / tau
   if u > -LN2 then
-    local alpha = -expm1(u)
+    -- alpha = -expm1(u), at full relative precision near 0 (Lua 5.1 has
+    -- no expm1): expm1(u) = 2 tanh(u/2) / (1 - tanh(u/2))
+    local th = math.tanh(u / 2)
+    local alpha = -(2 * th / (1 - th))
     return alpha, 1 - alpha
   end
   local decay = math.exp(u)
@@ -204,6 +205,171 @@ local function step(vs, vsince, vf, vok, vslow, vgood, c, t)
   return vs, vsince, vf, vok, vslow, vgood
 end
 
+-- ---------------------------------------------------------------- fast path
+-- The common call: this agent's copy is the state as of its own last
+-- write (no other agent wrote since), the stored state is a valid layout 2
+-- with this agent's window and histogram bounds, and no round needs the
+-- window (a percentile objective). EVAL runs the whole body on every call,
+-- and every function statement makes a closure each time: this path is
+-- inline, creates none of the general path's functions, reads the state
+-- and the sketch bins it adds to in one HMGET (a bin that is no counter is
+-- found before anything is written), works on the decoded array itself,
+-- packs it once for the write and the reply, and returns a delta.
+-- Anything else (a new agent, another agent's writes, a malformed,
+-- missing or layout-1 state, a histogram to rebuild, a window key of the
+-- wrong type) breaks out with nothing written, and the general path below
+-- does it all from the start.
+local TRIM_EVERY = 16
+repeat
+  if force or sync_gen == '' then break end
+  -- the HMGET fields: the state, the agent's record, then the distinct
+  -- bins of the batch's successes (binat: bin -> its position)
+  local fields, nf, binat, needwin = {'s', AF}, 2, {}, false
+  for o = OBS0, OBS0 + (nobs - 1) * OBSN, OBSN do
+    if ARGV[o + 2] == '1' then
+      local bin = ARGV[o + 4]
+      if binat[bin] == nil then
+        nf = nf + 1
+        fields[nf], binat[bin] = 'b' .. bin, nf
+      end
+    end
+    if ARGV[o + 6] ~= '' and objective > 0 and statistic ~= 'ewma' and statistic ~= 'avg' then needwin = true end
+  end
+  if needwin then break end
+  local r = redis.pcall('HMGET', K_S, unpack(fields, 1, nf))
+  if r.err or not r[1] or not r[2] then break end
+  local lastraw = string.match(r[2], '^(%d+):')
+  if lastraw == nil or lastraw ~= sync_seq then break end
+  -- the state must be the blob this script wrote and returned at the
+  -- agent's last write, validated then (Lua interns strings: this is one
+  -- pointer comparison); any other is validated by the general path
+  if r[1] ~= sync_blob then break end
+  local t = cmsgpack.unpack(r[1])
+  local p0 = t[11]
+  if t[3] ~= sync_gen or t[24] ~= window or t[25] > sync_ver or p0 ~= sync_ver then break end
+  if nb == 0 then
+    t[22], t[23] = '', ''
+  else
+    -- the stored buckets, when they are this agent's (else a rebuild)
+    local bk = t[23]
+    if t[22] ~= bounds or type(bk) ~= 'table' or #bk ~= nb then break end
+    local copy, sum = {}, 0
+    for i = 1, nb do
+      copy[i] = bk[i]
+      sum = sum + (bk[i] or 0 / 0) -- a hole: NaN, no match
+    end
+    if sum ~= t[4] then break end
+    t[23] = copy
+  end
+  -- the bins' counts (a missing bin is 0)
+  local binc, okb = {}, true
+  for i = 3, nf do
+    local v = r[i]
+    if not v then
+      binc[i] = 0
+    elseif #v > 15 or string.find(v, '^%d+$') == nil then
+      okb = false
+    else
+      binc[i] = tonumber(v)
+    end
+  end
+  if not okb then break end
+
+  -- apply, as apply() below does
+  local last = tonumber(lastraw)
+  local maxseq, maxraw, applied = last, lastraw, 0
+  local pushes, np, before = {}, 0, nil
+  for o = OBS0, OBS0 + (nobs - 1) * OBSN, OBSN do
+    local seq = tonumber(ARGV[o])
+    if seq > last then
+      applied = applied + 1
+      if seq > maxseq then maxseq, maxraw = seq, ARGV[o] end
+      local tm = ARGV[o + 1]
+      t[11] = t[11] + 1
+      np = np + 1
+      if ARGV[o + 2] ~= '1' then
+        t[12], t[13] = t[12] + 1, t[13] + 1
+        if ns_less(t[15], tm) then t[15] = tm end
+        pushes[np] = 'f'
+      else
+        local xs = ARGV[o + 3]
+        t[13] = 0
+        if ns_less(t[14], tm) then t[14] = tm end
+        t[4], t[5], t[6], t[7], t[8], t[9], t[10] = sample(t[4], t[5], t[6], t[7], t[8], t[9], t[10], tonumber(xs), tm)
+        local bi = binat[ARGV[o + 4]]
+        binc[bi] = binc[bi] + 1
+        if nb > 0 then
+          local k = tonumber(ARGV[o + 5])
+          t[23][k] = t[23][k] + 1
+        end
+        pushes[np] = xs
+      end
+      local round = ARGV[o + 6]
+      if round ~= '' then
+        before = {t[16], t[17], t[18], t[19], t[20], t[21]}
+        local c = 'f'
+        if round == '1' then
+          c = 'g'
+          -- the objective's statistic is the EWMA or the mean here
+          local x = t[5]
+          if statistic == 'ewma' then x = t[9] end
+          if objective > 0 and t[4] > 0 and x > objective then c = 's' end
+        end
+        t[16], t[17], t[18], t[19], t[20], t[21] = step(t[16], t[17], t[18], t[19], t[20], t[21], c, tm)
+      end
+    end
+  end
+
+  -- write what changed, as write_inc() below does
+  local packed
+  if applied > 0 then
+    local n = redis.pcall('LPUSH', K_W, unpack(pushes, 1, np))
+    if type(n) ~= 'number' then break end -- the window is of another type: the general path resets
+    -- trimmed every TRIM_EVERY pushes, not on each one once it is full
+    -- (an LTRIM costs as much as the LPUSH): every reader takes the first
+    -- window entries only
+    if n >= window + TRIM_EVERY then redis.call('LTRIM', K_W, 0, window - 1) end
+    -- the TTL: refreshed at most every 1 % of it (expire_due below)
+    local slack = math.floor(ttl / 100)
+    local due = not (t[28] == ttl and (ttl == 0 or (slack >= 1000 and now_s >= t[27] and (now_s - t[27]) * 1000 < slack)))
+    if due then t[27], t[28] = now_s, ttl end
+    packed = cmsgpack.pack(t)
+    -- the state, the agent's record and the bins read (those of skipped
+    -- observations unchanged); one success per call is the common case
+    local rec = maxraw .. ':' .. ARGV[10]
+    if nf == 3 then
+      redis.call('HSET', K_S, 's', packed, AF, rec, fields[3], binc[3])
+    else
+      local hs, nh = {'s', packed, AF, rec}, 4
+      for i = 3, nf do
+        hs[nh + 1], hs[nh + 2] = fields[i], binc[i]
+        nh = nh + 2
+      end
+      redis.call('HSET', K_S, unpack(hs, 1, nh))
+    end
+    if due then
+      if ttl > 0 then
+        redis.call('PEXPIRE', K_S, ttl + slack)
+        redis.call('PEXPIRE', K_W, ttl + slack)
+      else
+        redis.call('PERSIST', K_S)
+        redis.call('PERSIST', K_W)
+      end
+    end
+  else
+    packed = cmsgpack.pack(t)
+  end
+  local probes_out = pushes -- newest first: reversed (one is itself)
+  if np > 1 then
+    probes_out = {}
+    for i = np, 1, -1 do probes_out[np - i + 1] = pushes[i] end
+  end
+  local before_out = ''
+  if before then before_out = cmsgpack.pack(before) end
+  do return {'ok', '', '', packed, before_out, maxraw, 'd', probes_out, {}} end
+until true
+
+-- ---------------------------------------------------------------- general path
 local function fmt(x) return string.format('%.17g', x) end
 
 -- a time: non-negative integer nanoseconds as a decimal string
@@ -288,171 +454,6 @@ local function check_blob(t)
   return nil
 end
 
--- ---------------------------------------------------------------- fast path
--- The common call: this agent's copy is the state as of its own last
--- write (no other agent wrote since), the stored state is a valid layout 2
--- with this agent's window and histogram bounds, and no round needs the
--- window (a percentile objective). EVAL runs the whole body on every call,
--- and every function statement makes a closure each time: this path is
--- inline, creates none of the general path's functions, reads the state
--- and the sketch bins it adds to in one HMGET (a bin that is no counter is
--- found before anything is written), works on the decoded array itself,
--- packs it once for the write and the reply, and returns a delta.
--- Anything else (a new agent, another agent's writes, a malformed,
--- missing or layout-1 state, a histogram to rebuild, a window key of the
--- wrong type) breaks out with nothing written, and the general path below
--- does it all from the start.
-local TRIM_EVERY = 16
-repeat
-  if force or sync_gen == '' then break end
-  -- the HMGET fields: the state, the agent's record, then the distinct
-  -- bins of the batch's successes (binat: bin -> its position)
-  local fields, nf, binat, needwin = {'s', AF}, 2, {}, false
-  for o = OBS0, OBS0 + (nobs - 1) * OBSN, OBSN do
-    if ARGV[o + 2] == '1' then
-      local bin = ARGV[o + 4]
-      if binat[bin] == nil then
-        nf = nf + 1
-        fields[nf], binat[bin] = 'b' .. bin, nf
-      end
-    end
-    if ARGV[o + 6] ~= '' and objective > 0 and statistic ~= 'ewma' and statistic ~= 'avg' then needwin = true end
-  end
-  if needwin then break end
-  local r = redis.pcall('HMGET', K_S, unpack(fields, 1, nf))
-  if r.err or not r[1] or not r[2] then break end
-  local lastraw = string.match(r[2], '^(%d+):')
-  if lastraw == nil or lastraw ~= sync_seq then break end
-  local t
-  if r[1] == sync_blob then
-    -- the blob this script wrote and returned at the agent's last write
-    -- (Lua interns strings: one pointer comparison)
-    t = cmsgpack.unpack(r[1])
-  else
-    -- '\220\0\28': an array of exactly 28 elements, which cmsgpack packs
-    -- back the same (a hole would make it a map)
-    if string.sub(r[1], 1, 3) ~= '\220\0\28' then break end
-    local okp
-    okp, t = pcall(cmsgpack.unpack, r[1])
-    if not okp or type(t) ~= 'table' then break end
-    local okc, why = pcall(check_blob, t)
-    if not okc or why ~= nil then break end
-  end
-  local p0 = t[11]
-  if t[3] ~= sync_gen or t[24] ~= window or t[25] > sync_ver or p0 ~= sync_ver then break end
-  if nb == 0 then
-    t[22], t[23] = '', ''
-  else
-    -- the stored buckets, when they are this agent's (else a rebuild)
-    local bk = t[23]
-    if t[22] ~= bounds or type(bk) ~= 'table' or #bk ~= nb then break end
-    local copy, sum = {}, 0
-    for i = 1, nb do
-      copy[i] = bk[i]
-      sum = sum + (bk[i] or 0 / 0) -- a hole: NaN, no match
-    end
-    if sum ~= t[4] then break end
-    t[23] = copy
-  end
-  -- the bins' counts (a missing bin is 0)
-  local binc, okb = {}, true
-  for i = 3, nf do
-    local v = r[i]
-    if not v then
-      binc[i] = 0
-    elseif #v > 15 or string.find(v, '^%d+$') == nil then
-      okb = false
-    else
-      binc[i] = tonumber(v)
-    end
-  end
-  if not okb then break end
-
-  -- apply, as apply() below does
-  local last = tonumber(lastraw)
-  local maxseq, maxraw, applied = last, lastraw, 0
-  local pushes, np, before, added = {}, 0, nil, {}
-  for o = OBS0, OBS0 + (nobs - 1) * OBSN, OBSN do
-    local seq = tonumber(ARGV[o])
-    if seq > last then
-      applied = applied + 1
-      if seq > maxseq then maxseq, maxraw = seq, ARGV[o] end
-      local tm = ARGV[o + 1]
-      t[11] = t[11] + 1
-      np = np + 1
-      if ARGV[o + 2] ~= '1' then
-        t[12], t[13] = t[12] + 1, t[13] + 1
-        if ns_less(t[15], tm) then t[15] = tm end
-        pushes[np] = 'f'
-      else
-        local xs = ARGV[o + 3]
-        t[13] = 0
-        if ns_less(t[14], tm) then t[14] = tm end
-        t[4], t[5], t[6], t[7], t[8], t[9], t[10] = sample(t[4], t[5], t[6], t[7], t[8], t[9], t[10], tonumber(xs), tm)
-        local bi = binat[ARGV[o + 4]]
-        binc[bi], added[bi] = binc[bi] + 1, true
-        if nb > 0 then
-          local k = tonumber(ARGV[o + 5])
-          t[23][k] = t[23][k] + 1
-        end
-        pushes[np] = xs
-      end
-      local round = ARGV[o + 6]
-      if round ~= '' then
-        before = {t[16], t[17], t[18], t[19], t[20], t[21]}
-        local c = 'f'
-        if round == '1' then
-          c = 'g'
-          -- the objective's statistic is the EWMA or the mean here
-          local x = t[5]
-          if statistic == 'ewma' then x = t[9] end
-          if objective > 0 and t[4] > 0 and x > objective then c = 's' end
-        end
-        t[16], t[17], t[18], t[19], t[20], t[21] = step(t[16], t[17], t[18], t[19], t[20], t[21], c, tm)
-      end
-    end
-  end
-
-  -- write what changed, as write_inc() below does
-  local packed
-  if applied > 0 then
-    local n = redis.pcall('LPUSH', K_W, unpack(pushes, 1, np))
-    if type(n) ~= 'number' then break end -- the window is of another type: the general path resets
-    -- trimmed every TRIM_EVERY pushes, not on each one once it is full
-    -- (an LTRIM costs as much as the LPUSH): every reader takes the first
-    -- window entries only
-    if n >= window + TRIM_EVERY then redis.call('LTRIM', K_W, 0, window - 1) end
-    -- the TTL: refreshed at most every 1 % of it (expire_due below)
-    local slack = math.floor(ttl / 100)
-    local due = not (t[28] == ttl and (ttl == 0 or (slack >= 1000 and now_s >= t[27] and (now_s - t[27]) * 1000 < slack)))
-    if due then t[27], t[28] = now_s, ttl end
-    packed = cmsgpack.pack(t)
-    local hs, nh = {'s', packed, AF, maxraw .. ':' .. ARGV[10]}, 4
-    for bi in pairs(added) do
-      hs[nh + 1], hs[nh + 2] = fields[bi], binc[bi]
-      nh = nh + 2
-    end
-    redis.call('HSET', K_S, unpack(hs, 1, nh))
-    if due then
-      if ttl > 0 then
-        redis.call('PEXPIRE', K_S, ttl + slack)
-        redis.call('PEXPIRE', K_W, ttl + slack)
-      else
-        redis.call('PERSIST', K_S)
-        redis.call('PERSIST', K_W)
-      end
-    end
-  else
-    packed = cmsgpack.pack(t)
-  end
-  local probes_out = {}
-  for i = np, 1, -1 do probes_out[np - i + 1] = pushes[i] end
-  local before_out = ''
-  if before then before_out = cmsgpack.pack(before) end
-  do return {'ok', '', '', packed, before_out, maxraw, 'd', probes_out, {}} end
-until true
-
--- ---------------------------------------------------------------- general path
 local function num(s)
   if s == nil then return nil end
   local x = tonumber(s)
