@@ -521,8 +521,34 @@ func num(f map[string]any, k string) (float64, bool) {
 	return v, true
 }
 
-// appendMS appends seconds as milliseconds to the microsecond.
+// appendMS appends seconds as milliseconds to the microsecond: the bytes
+// of strconv.AppendFloat(math.Round(sec*1e6)/1e3, 'f', -1, 64)
+// (appendMSFloat), written from the whole microseconds, which is 4 times
+// faster — a render of /api/services at 100,000 services formats 2.3
+// million of them (the history's latencies).
 func appendMS(b []byte, sec float64) []byte {
+	us := math.Round(sec * 1e6)
+	// Below 1e12 µs the float's ulp is far below 0.0005 ms, so the
+	// shortest decimal of us/1e3 is its exact one, trailing zeros trimmed.
+	if !(us > 0 && us < 1e12) {
+		return appendMSFloat(b, sec)
+	}
+	n := int64(us)
+	b = strconv.AppendInt(b, n/1000, 10)
+	frac := n % 1000
+	if frac == 0 {
+		return b
+	}
+	b = append(b, '.', byte('0'+frac/100), byte('0'+frac/10%10), byte('0'+frac%10))
+	for b[len(b)-1] == '0' {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// appendMSFloat is appendMS through the float formatter (zero, negative
+// and huge values, and the reference of the tests).
+func appendMSFloat(b []byte, sec float64) []byte {
 	return strconv.AppendFloat(b, math.Round(sec*1e6)/1e3, 'f', -1, 64)
 }
 
@@ -573,17 +599,21 @@ func (sn *snapshot) renderPage(s *Server) *pageDoc {
 	b = appendJSONString(b, Version)
 	d.head = b
 
-	b = make([]byte, 0, 300*len(svcs))
+	// room for every row at the first one's size, plus a quarter: a
+	// buffer that doubles at 100,000 services copies ~30 MB
+	b = make([]byte, 0, 4<<10)
 	ends := make([]int, len(svcs))
 	errs := sn.errs
 	var keys []string
+	// every row's hay, one after the other in one string: 100,000
+	// services are then one allocation, not 100,000
 	var hay strings.Builder
+	hayEnds := make([]int, len(svcs))
 	mem := s.smoke.begin()
 	for i := range svcs {
 		sv := &svcs[i]
 		k := &d.keys[i]
 		k.name = sv.Name
-		hay.Reset()
 		hay.WriteString(strings.ToLower(sv.Name))
 		b = append(b, `{"n":`...)
 		b = appendJSONString(b, sv.Name)
@@ -605,7 +635,9 @@ func (sn *snapshot) renderPage(s *Server) *pageDoc {
 				b = append(b, ':')
 				b = appendJSONString(b, sv.Tags[t])
 				hay.WriteByte(' ')
-				hay.WriteString(strings.ToLower(t + "=" + sv.Tags[t]))
+				hay.WriteString(strings.ToLower(t))
+				hay.WriteByte('=')
+				hay.WriteString(strings.ToLower(sv.Tags[t]))
 			}
 			b = append(b, '}')
 		}
@@ -614,7 +646,7 @@ func (sn *snapshot) renderPage(s *Server) *pageDoc {
 		k.rank = statusRank[code]
 		hay.WriteString(" status=")
 		hay.WriteString(statusWord[code])
-		k.hay = hay.String()
+		hayEnds[i] = hay.Len()
 		b = append(b, `,"s":`...)
 		b = strconv.AppendInt(b, int64(code), 10)
 		if derived {
@@ -678,8 +710,17 @@ func (sn *snapshot) renderPage(s *Server) *pageDoc {
 		}
 		b = append(b, '}')
 		ends[i] = len(b)
+		if i == 0 {
+			b = slices.Grow(b, (len(b)+len(b)/4)*len(svcs))
+			hay.Grow((hay.Len() + hay.Len()/4) * len(svcs))
+		}
 	}
 	mem.end()
+	hays, from := hay.String(), 0
+	for i, e := range hayEnds {
+		d.keys[i].hay = hays[from:e]
+		from = e
+	}
 	start := 0
 	for i, e := range ends {
 		d.rows[i] = b[start:e:e]
