@@ -64,8 +64,8 @@ type fastHTTP struct {
 	port   string
 	tlsCfg *tls.Config
 	// The request is rendered once, by the first probe (see rendered):
-	// base, header and reqBody are what it is rendered from; head and
-	// body (or renderErr) what it gives.
+	// base, header and reqBody are what it is rendered from; head, body
+	// and errURL (or renderErr) what it gives.
 	render    sync.Once
 	base      *http.Request
 	header    http.Header
@@ -75,7 +75,7 @@ type fastHTTP struct {
 	body      []byte // the request body, sent after the blank line
 	gzip      bool   // Accept-Encoding: gzip was added (transparent decompression)
 	errOp     string // url.Error's Op, as http.Client reports it ("Get")
-	errURL    string // url.Error's URL (no userinfo)
+	errURL    string // url.Error's URL (no userinfo), set with head
 	dialer    net.Dialer
 	net       netConfig
 	maxHead   int64
@@ -111,7 +111,6 @@ func newFastHTTP(u *url.URL, host, port string, base *http.Request, body string,
 		host:    host,
 		port:    port,
 		errOp:   urlErrorOp(base.Method),
-		errURL:  base.URL.String(),
 		dialer:  nc.dialer(timeout, "tcp"),
 		net:     nc,
 		maxHead: maxResponseHeaderBytes,
@@ -159,7 +158,10 @@ func writeCannotFail(base *http.Request) bool {
 // headers the Transport adds to a request on a connection without
 // keep-alive; head and body are set unless it returns an error.
 func (f *fastHTTP) rendered() error {
-	f.render.Do(func() { f.head, f.body, f.renderErr = renderRequest(f.base, f.header, f.reqBody) })
+	f.render.Do(func() {
+		f.errURL = f.base.URL.String()
+		f.head, f.body, f.renderErr = renderRequest(f.base, f.header, f.reqBody)
+	})
 	return f.renderErr
 }
 
@@ -302,13 +304,12 @@ func (p *httpProber) probeFast(parent context.Context) Result {
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	traced := Traced(parent)
-	if traced {
-		tracef(ctx, "request", "%s %s HTTP/1.1", p.base.Method, redactURL(f.errURL))
-	}
-
 	if err := f.rendered(); err != nil {
 		// Not reached: New renders a request that might fail at once.
 		return Result{Outcome: ConnectionFailed, Err: f.urlError(err)}
+	}
+	if traced {
+		tracef(ctx, "request", "%s %s HTTP/1.1", p.base.Method, redactURL(f.errURL))
 	}
 	b := fastPool.Get().(*fastBuffers)
 	defer b.release()
@@ -587,8 +588,13 @@ func isPrintableASCII(s string) bool {
 
 // urlErrorOp is http.Client's Op for a url.Error: "Get" for GET.
 func urlErrorOp(method string) string {
-	if method == "" {
+	switch method { // the common ones without an allocation per prober
+	case "", http.MethodGet:
 		return "Get"
+	case http.MethodHead:
+		return "Head"
+	case http.MethodPost:
+		return "Post"
 	}
 	return method[:1] + strings.ToLower(method[1:])
 }
