@@ -97,7 +97,7 @@ func runKeepup(opt keepupOptions) (*keepupRun, error) {
 			sp := &keepupSpec{N: n, Prober: prober, Hosts: tg.hosts, Cadence: opt.Cadence, Gathers: opt.Gathers,
 				Delay: opt.Delay, Timeout: opt.timeout(), SetTimeout: opt.Timeout > 0, Concurrency: config.DefaultMaxConcurrency}
 			if opt.ProfileDir != "" {
-				sp.CPUProfile = filepath.Join(opt.ProfileDir, fmt.Sprintf("keepup-%s-%d.pprof", strings.ReplaceAll(prober, " ", "_"), n))
+				sp.CPUProfile = filepath.Join(opt.ProfileDir, fmt.Sprintf("keepup-%s-%d.pprof", fileLabel(prober), n))
 			}
 			r, err := runKeepupChild(sp, tg)
 			if err != nil {
@@ -108,6 +108,12 @@ func runKeepup(opt keepupOptions) (*keepupRun, error) {
 		}
 	}
 	return run, nil
+}
+
+// fileLabel is a prober's name as a part of a file name
+// ("plain_net_http").
+func fileLabel(prober string) string {
+	return strings.NewReplacer(" ", "_", "/", "_").Replace(prober)
 }
 
 // runKeepupChild runs one keeping-up child (this binary, keepupEnv set,

@@ -29,7 +29,7 @@ func TestKeepupSmall(t *testing.T) {
 	}
 	const n = 200
 	opt := keepupOptions{Ns: []int{n}, Cadence: 2 * time.Second, Gathers: 1, Timeout: 500 * time.Millisecond,
-		Targets: 2, Delay: time.Millisecond, Target: target, DrainWait: time.Second}
+		Targets: 2, Delay: time.Millisecond, Target: target, DrainWait: time.Second, ProfileDir: t.TempDir()}
 	run, err := runKeepup(opt)
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +63,11 @@ func TestKeepupSmall(t *testing.T) {
 		}
 		if r.CPUPerProbe <= 0 || r.ErrP50 <= 0 || r.TargetFDsMax <= 0 {
 			t.Errorf("%s: CPU/probe %s, error p50 %s, target fds %d", r.Prober, r.CPUPerProbe, r.ErrP50, r.TargetFDsMax)
+		}
+	}
+	for _, f := range []string{"keepup-service_latency-200.pprof", "keepup-plain_net_http-200.pprof"} {
+		if st, err := os.Stat(filepath.Join(opt.ProfileDir, f)); err != nil || st.Size() == 0 {
+			t.Errorf("CPU profile %s: %v (want a non-empty file)", f, err)
 		}
 	}
 	md := keepupMarkdown(run)

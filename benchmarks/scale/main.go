@@ -84,7 +84,7 @@ func main() {
 	cadence := flag.Duration("keepup-cadence", 60*time.Second, "keeping up: the gather cadence (Telegraf's interval)")
 	gathers := flag.Int("keepup-gathers", 3, "keeping up: counted gathers per prober and N, after the first (a burst, not counted)")
 	timeout := flag.Duration("keepup-timeout", 0, "keeping up: the plugin's timeout (and the plain loop's); 0: the plugin's default (5 s). Shorter lets a short cadence keep a spread: 0.9 × cadence − timeout")
-	profiles := flag.String("keepup-cpuprofile", "", "keeping up: a directory for a CPU profile of each child's counted gathers (keepup-<prober>-<N>.pprof)")
+	profiles := flag.String("keepup-cpuprofile", "", "keeping up: a directory for a CPU profile of each child's counted gathers (keepup-service_latency-<N>.pprof, keepup-plain_net_http-<N>.pprof)")
 	targets := flag.Int("keepup-targets", 16, "keeping up: latency_target processes, one per loopback address 127.0.0.1, .2, ...")
 	flag.Parse()
 	scaleNs, err := parseNs(*ns)
