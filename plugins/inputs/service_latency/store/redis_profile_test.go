@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,27 +16,35 @@ import (
 	"github.com/service-latency/service_latency/internal/redistest"
 )
 
-// TestRedisScriptVariants (profiling aid, run by hand): the same script
-// calls (one Update's KEYS and ARGV, captured after warm-up) against the
-// same stored state (restored before each run) with each variant of the
-// script in SL_LUA_VARIANTS (a directory of .lua files), from INFO
-// commandstats.
+// BenchmarkRedisScriptVariants times the store's script, and each
+// variant of it in SL_LUA_VARIANTS (a directory of .lua files, to profile
+// by hand: the same script with parts removed), on the same calls (one
+// Update's KEYS and ARGV at the defaults, captured after warm-up) against
+// the same stored state (restored before each run): the least and the
+// median of 9 runs of each, from INFO commandstats (evalsha), and the
+// Redis main thread's CPU per call. SL_SERVICES services (2,000). A file
+// named *_argv17.lua is a script of before ARGV 18 (the agent's packed
+// state), e.g. git show f0d268b~1:plugins/inputs/service_latency/store/redis.lua.
 //
-//	SL_LUA_VARIANTS=/tmp/v go test -run TestRedisScriptVariants -v ./plugins/inputs/service_latency/store/
-func TestRedisScriptVariants(t *testing.T) {
-	dir := os.Getenv("SL_LUA_VARIANTS")
-	if dir == "" {
-		t.Skip("SL_LUA_VARIANTS not set")
+//	SL_LUA_VARIANTS=/tmp/v go test -run '^$' -bench RedisScriptVariants -benchtime 1x ./plugins/inputs/service_latency/store/
+func BenchmarkRedisScriptVariants(b *testing.B) {
+	t := b
+	files := []string{"redis.lua"}
+	if dir := os.Getenv("SL_LUA_VARIANTS"); dir != "" {
+		more, err := filepath.Glob(filepath.Join(dir, "*.lua"))
+		require.NoError(t, err)
+		files = append(files, more...)
 	}
-	files, err := filepath.Glob(filepath.Join(dir, "*.lua"))
-	require.NoError(t, err)
 	ctx := context.Background()
 	srv := redistest.Start(t)
 	c := srv.Client()
 	r, err := NewRedis(RedisOptions{Client: redis.UniversalOptions{Addrs: []string{srv.Addr()}}, Timeout: 5 * time.Second})
 	require.NoError(t, err)
 	defer r.Close()
-	const n, warmup = 2000, 3
+	n, warmup := 2000, 3
+	if v, err := strconv.Atoi(os.Getenv("SL_SERVICES")); err == nil {
+		n = v
+	}
 	now := time.Now()
 	for g := range warmup {
 		now = now.Add(10 * time.Second)
@@ -43,15 +53,15 @@ func TestRedisScriptVariants(t *testing.T) {
 	}
 	// The next Update's calls, as Update would send them.
 	r.mu.Lock()
-	r.seq += n
-	seq0 := r.seq - n
+	r.seq += int64(n)
+	seq0 := r.seq - int64(n)
 	obs := scaleObs(n, warmup)
 	batches := r.planLocked(obs, func(i int) pending {
 		o := &obs[i]
 		return pending{service: o.Service, params: o.Params, seq: seq0 + int64(i) + 1, t: now.Add(10 * time.Second).UnixNano(), ok: o.OK, latency: o.Latency, round: roundArg(o)}
 	})
-	for _, b := range batches {
-		b.args = r.args(b)
+	for _, bt := range batches {
+		bt.args = r.args(bt)
 	}
 	r.mu.Unlock()
 	// The stored state, to restore before each run.
@@ -74,8 +84,12 @@ func TestRedisScriptVariants(t *testing.T) {
 	// of the machine's load weighs on all of them alike.
 	scripts := make([]*redis.Script, len(files))
 	for i, f := range files {
-		src, err := os.ReadFile(f)
-		require.NoError(t, err)
+		src := []byte(redisLua)
+		if i > 0 {
+			var err error
+			src, err = os.ReadFile(f)
+			require.NoError(t, err)
+		}
 		scripts[i] = redis.NewScript(string(src))
 	}
 	per := make([][]float64, len(files))
@@ -91,14 +105,19 @@ func TestRedisScriptVariants(t *testing.T) {
 			c0 := cpuMainThread(t, c)
 			pipe := c.Pipeline()
 			var cmds []*redis.Cmd
-			for _, b := range batches {
-				cmds = append(cmds, sc.EvalSha(ctx, pipe, r.keys(b.service), b.args...))
+			for _, bt := range batches {
+				args := bt.args
+				if strings.HasSuffix(files[i], "_argv17.lua") {
+					// a script of before ARGV 18 (the agent's packed state)
+					args = append(args[:17:17], args[18:]...)
+				}
+				cmds = append(cmds, sc.EvalSha(ctx, pipe, r.keys(bt.service), args...))
 			}
 			_, _ = pipe.Exec(ctx)
 			for _, cmd := range cmds {
 				require.NoError(t, cmd.Err(), filepath.Base(files[i]))
 			}
-			cpus[i] = append(cpus[i], (cpuMainThread(t, c)-c0)/n*1e6)
+			cpus[i] = append(cpus[i], (cpuMainThread(t, c)-c0)/float64(n)*1e6)
 			calls, us := commandStat(t, c, "evalsha")
 			require.Equal(t, int64(n), calls)
 			per[i] = append(per[i], us)
@@ -109,4 +128,6 @@ func TestRedisScriptVariants(t *testing.T) {
 		slices.Sort(cpus[i])
 		t.Logf("%-28s least %6.2f µs  median %6.2f µs  (main thread CPU per call: least %6.2f µs)", filepath.Base(f), per[i][0], per[i][len(per[i])/2], cpus[i][0])
 	}
+	b.ReportMetric(per[0][0], "least-µs/call")
+	b.ReportMetric(cpus[0][0], "least-cpu-µs/call")
 }
