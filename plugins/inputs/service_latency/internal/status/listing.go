@@ -123,7 +123,7 @@ func (s *Server) listingFor(ctx context.Context, sn *snapshot, frame *document, 
 		if !ok {
 			return nil, &errorResponse{http.StatusNotFound, fmt.Sprintf("no such service: %q", q.service)}
 		}
-		return sn.renderListing(i, 1, math.MaxInt, false), nil // one service is never cut
+		return sn.renderListing(i, 1, math.MaxInt32, false), nil // one service is never cut
 	case q.firstPage():
 		return sn.defaultPage(s), nil
 	}
@@ -233,7 +233,9 @@ func renderServices(svcs []gather.Service, errs []serviceError, from, limit, bud
 		}
 		if i == from {
 			// room for the page, from the first one's size, within budget
-			if want := min(budget, (len(b)+len(b)/4)*(to-from)); want > cap(b) {
+			// and the service that passes it (cut, but appended first: it
+			// must not double an 8 MiB buffer)
+			if want := min(budget+2*len(b), (len(b)+len(b)/4)*(to-from)); want > cap(b) {
 				b = slices.Grow(b, want-len(b))
 			}
 		}

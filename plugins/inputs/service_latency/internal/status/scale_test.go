@@ -303,8 +303,10 @@ func TestPublishUnderRenderLoadAt100k(t *testing.T) {
 }
 
 // /api/services (the operator's page) at 100,000 services: the first
-// request of a gather renders every row, later ones select and copy a
-// page; both answer within 1 s.
+// request of a gather renders every row (~0.4 s of CPU), later ones
+// select and copy a page (~10 ms). The least of three first requests is
+// within 1 s; on this 2-core machine shared with other work a single one
+// has taken 1.01 s (load average 6), so each gets 3 s.
 func TestPageAt100kServices(t *testing.T) {
 	svcs := scaleFeed()
 	s, _ := startServer(t, Settings{})
@@ -319,7 +321,7 @@ func TestPageAt100kServices(t *testing.T) {
 			require.NoError(t, json.Unmarshal(body, &pj))
 			require.Equal(t, scaleServices, pj.Total)
 			require.NotEmpty(t, pj.Services)
-			require.Less(t, d, scaleBound(), "GET /api/services%s", q)
+			require.Less(t, d, 3*scaleBound(), "GET /api/services%s", q)
 			if i == 0 {
 				first = append(first, d)
 			} else {
@@ -329,6 +331,35 @@ func TestPageAt100kServices(t *testing.T) {
 	}
 	slices.Sort(first)
 	slices.Sort(later)
+	require.Less(t, first[0], scaleBound(), "the first request of a gather")
+	require.Less(t, later[len(later)/2], scaleBound()/10, "a later request")
 	t.Logf("GET /api/services at %d services: first of a gather (renders every row) least %s median %s; later (filter, sort, copy) least %s median %s",
 		scaleServices, first[0], first[len(first)/2], later[0], later[len(later)/2])
+}
+
+// BenchmarkRenderPage100k: one render of /api/services' rows at 100,000
+// services (once per gather read).
+func BenchmarkRenderPage100k(b *testing.B) {
+	s := New(Settings{Listen: "127.0.0.1:0"}, nil)
+	s.Publish(report(t0, scaleFeed()...))
+	sn := s.cur.Load()
+	b.ReportAllocs()
+	for b.Loop() {
+		sn.renderPage(s)
+	}
+}
+
+// BenchmarkStatusPage100k: one render of a /status page of MaxLimit
+// services at 100,000 (it ends at MaxBodyBytes, ~3,000 services).
+func BenchmarkStatusPage100k(b *testing.B) {
+	s := New(Settings{Listen: "127.0.0.1:0"}, nil)
+	s.Publish(report(t0, scaleFeed()...))
+	sn := s.cur.Load()
+	budget := s.listBudget(sn.framed())
+	b.ReportAllocs()
+	for b.Loop() {
+		if l := sn.renderListing(50_000, MaxLimit, budget, true); l.err != nil {
+			b.Fatal(l.err)
+		}
+	}
 }
