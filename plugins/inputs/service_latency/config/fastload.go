@@ -160,31 +160,43 @@ func skipMulti(src string, i int, delim string, escapes bool) int {
 	return len(src)
 }
 
+// chunk is a run of at most chunkServices service tables of a file:
+// src[start:end], with lines lines before it.
+type chunk struct {
+	start, end, services, lines int
+}
+
 // parseChunked parses src cut at cuts: the part before the first cut as a
 // whole file, each run of chunkServices service tables on its own (in
 // parallel), their lines shifted to the file's. It returns the plugin
-// table (without "service") and the service tables in order.
-func parseChunked(src string, cuts []int) (*ast.Table, []*ast.Table, error) {
+// table (without "service"), the service tables in order and the chunks
+// they were parsed from (parseChunks parses them again).
+func parseChunked(src string, cuts []int) (*ast.Table, []*ast.Table, []chunk, error) {
 	head, err := toml.Parse([]byte(src[:cuts[0]]))
 	if err != nil {
-		return nil, nil, errSlow
+		return nil, nil, nil, errSlow
 	}
 	tbl, err := pluginTable(head)
 	if err != nil {
-		return nil, nil, errSlow
+		return nil, nil, nil, errSlow
 	}
 	if _, ok := tbl.Fields["service"]; ok {
-		return nil, nil, errSlow
+		return nil, nil, nil, errSlow
 	}
-	type chunk struct {
-		start, end, services, lines int
-		tables                      []*ast.Table
-		err                         error
+	chunks := cutChunks(src, cuts)
+	services, err := parseChunks(src, chunks, len(cuts))
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	var chunks []*chunk
+	return tbl, services, chunks, nil
+}
+
+// cutChunks groups the service tables that start at cuts into chunks.
+func cutChunks(src string, cuts []int) []chunk {
+	var chunks []chunk
 	lines, counted := 0, 0 // the lines before src[counted:]
 	for k := 0; k < len(cuts); k += chunkServices {
-		c := &chunk{start: cuts[k], end: len(src), services: min(chunkServices, len(cuts)-k)}
+		c := chunk{start: cuts[k], end: len(src), services: min(chunkServices, len(cuts)-k)}
 		if k+chunkServices < len(cuts) {
 			c.end = cuts[k+chunkServices]
 		}
@@ -192,30 +204,39 @@ func parseChunked(src string, cuts []int) (*ast.Table, []*ast.Table, error) {
 		counted, c.lines = c.start, lines
 		chunks = append(chunks, c)
 	}
-	work := make(chan *chunk)
+	return chunks
+}
+
+// parseChunks parses the chunks of src in parallel: the n service tables
+// in order.
+func parseChunks(src string, chunks []chunk, n int) ([]*ast.Table, error) {
+	tables := make([][]*ast.Table, len(chunks))
+	errs := make([]error, len(chunks))
+	work := make(chan int)
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), len(chunks)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for c := range work {
-				c.tables, c.err = parseServiceChunk(src[c.start:c.end], c.services, c.lines)
+			for i := range work {
+				c := chunks[i]
+				tables[i], errs[i] = parseServiceChunk(src[c.start:c.end], c.services, c.lines)
 			}
 		}()
 	}
-	for _, c := range chunks {
-		work <- c
+	for i := range chunks {
+		work <- i
 	}
 	close(work)
 	wg.Wait()
-	services := make([]*ast.Table, 0, len(cuts))
-	for _, c := range chunks {
-		if c.err != nil {
-			return nil, nil, c.err
+	services := make([]*ast.Table, 0, n)
+	for i := range chunks {
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
-		services = append(services, c.tables...)
+		services = append(services, tables[i]...)
 	}
-	return tbl, services, nil
+	return services, nil
 }
 
 // parseServiceChunk parses a chunk of want service tables; off is the

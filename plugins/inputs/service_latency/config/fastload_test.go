@@ -89,7 +89,10 @@ func TestFastParseEqualsOneParse(t *testing.T) {
 	fast.Config.Services, slow.Config.Services = nil, nil
 	require.Equal(t, slow.Config, fast.Config)
 	// Lines: every service table and key where one parse puts them.
+	require.NotContains(t, fast.table.Fields, "service", "the services' tree is dropped once decoded")
+	fast.restoreServices()
 	fs, ss := fast.table.Fields["service"].([]*ast.Table), slow.table.Fields["service"].([]*ast.Table)
+	require.Len(t, fs, n)
 	for i := range fs {
 		require.Equal(t, ss[i].Line, fs[i].Line)
 		for k, v := range ss[i].Fields {
@@ -221,4 +224,44 @@ func TestCompileManyServicesShareDefaults(t *testing.T) {
 		require.Equal(t, probe.Success, o)
 	}
 	require.Equal(t, "POSTx", methods["/11"])
+}
+
+// TestFastLoadCompileErrorsLocated: an error Compile finds in a file the
+// fast path read (its services' tree dropped) is located at the line one
+// parse gives.
+func TestFastLoadCompileErrorsLocated(t *testing.T) {
+	n := 2*chunkServices + 300
+	body := func(bad int, what string) func(int) string {
+		return func(i int) string {
+			if i == bad {
+				return what
+			}
+			return fmt.Sprintf("  name = \"s%d\"\n  url = \"http://h/%d\"\n", i, i)
+		}
+	}
+	for name, src := range map[string]string{
+		"scheme":        manyServices(n, "", body(n-2, "  name = \"x\"\n\n  url = \"ftp://h/\"\n")),
+		"duplicate":     manyServices(n, "", body(400, "  # same name\n  name = \"s3\"\n  url = \"http://h/\"\n")),
+		"builtin tag":   manyServices(n, "", body(300, "  url = \"http://h/t\"\n  tags = { result = \"x\" }\n")),
+		"misplaced key": manyServices(n, "", body(77, "  url = \"tcp://h:1\"\n  method = \"POST\"\n")),
+		"plugin key":    manyServices(n, "  timeout = \"-1s\"\n", body(-1, "")),
+	} {
+		t.Run(name, func(t *testing.T) {
+			f, err := Parse([]byte(src))
+			require.NoError(t, err)
+			require.NotNil(t, f.reparse, "read by the fast path")
+			_, err = Compile(&f.Config)
+			require.Error(t, err)
+			got := f.Locate(err).Error()
+
+			old := strings.ReplaceAll(src, serviceHeader, "[[ inputs.service_latency.service ]]")
+			require.Nil(t, splitServices(old))
+			slow, err := Parse([]byte(old))
+			require.NoError(t, err)
+			_, err = Compile(&slow.Config)
+			require.Error(t, err)
+			require.Equal(t, slow.Locate(err).Error(), got)
+			require.Regexp(t, `^\d+: `, got)
+		})
+	}
 }

@@ -27,6 +27,11 @@ type File struct {
 	Path   string
 	Config Config
 	table  *ast.Table
+	// reparse, when set, makes the service tables of table again: the
+	// fast path drops their syntax tree once decoded (the biggest part of
+	// the heap while 100,000 services are compiled) and only an error to
+	// locate needs it again.
+	reparse func() ([]*ast.Table, error)
 }
 
 // Load reads the plugin's own config file (the binary's -config) strictly:
@@ -92,18 +97,19 @@ var decoder = &toml.Config{
 // parseFast is Parse for a file of many services (see fastload.go): any
 // error means "take the exact path", which gives the error.
 func parseFast(src string, cuts []int) (*File, error) {
-	tbl, svcTables, err := parseChunked(src, cuts)
+	tbl, svcTables, chunks, err := parseChunked(src, cuts)
 	if err != nil {
 		return nil, err
 	}
-	// The plugin table with its services, as one parse would give it.
+	// The plugin table, whose services (as one parse would give them)
+	// are made again when an error is to be located.
 	full := *tbl
 	full.Fields = make(map[string]interface{}, len(tbl.Fields)+1)
 	for k, v := range tbl.Fields {
 		full.Fields[k] = v
 	}
-	full.Fields["service"] = svcTables
 	f := &File{Config: Default(), table: &full}
+	f.reparse = func() ([]*ast.Table, error) { return parseChunks(src, chunks, len(cuts)) }
 	if err := decoder.UnmarshalTable(tbl, &f.Config); err != nil {
 		return nil, errSlow
 	}
@@ -142,6 +148,7 @@ func (f *File) Locate(err error) error {
 // line finds the line of the key an Error names: in its service's table,
 // else (an inherited key) in the plugin table, else the table's own line.
 func (f *File) line(ce *Error) int {
+	f.restoreServices()
 	tables := []*ast.Table{f.table}
 	if ce.Service >= 0 {
 		if svcs, ok := f.table.Fields["service"].([]*ast.Table); ok && ce.Service < len(svcs) {
@@ -156,6 +163,18 @@ func (f *File) line(ce *Error) int {
 		}
 	}
 	return tables[0].Line
+}
+
+// restoreServices puts the service tables the fast path dropped back
+// into the plugin table (once; they parsed before, and parse the same).
+func (f *File) restoreServices() {
+	if f.reparse == nil {
+		return
+	}
+	if svcs, err := f.reparse(); err == nil {
+		f.table.Fields["service"] = svcs
+	}
+	f.reparse = nil
 }
 
 // keyLine is the line of a dotted key path in t (0: absent). A path that
