@@ -6,7 +6,8 @@
 --   1 state  hash  "s" -> the scalar state, one MessagePack array (see
 --                  BLOB below); "a:<agent id>" -> "<last applied seq>:<unix
 --                  seconds>" (idempotence); "b<bin index>" / "bz" -> DDSketch
---                  bin count (integer, HINCRBY)
+--                  bin count (an integer: HINCRBY, or read and written with
+--                  the state by the fast path)
 --   2 window list  the last probes, newest first: a latency or "f" (failed);
 --                  the first ARGV[3] entries are the window, up to 15 more
 --                  wait for the next trim (see TRIM_EVERY)
