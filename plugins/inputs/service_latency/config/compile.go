@@ -190,10 +190,11 @@ func compileTargets(c *Config) (targets []*gather.Target, err error) {
 		if s == nil {
 			continue
 		}
-		if j, dup := first[serviceName(s)]; dup {
+		name := serviceName(s)
+		if j, dup := first[name]; dup {
 			dupOf[i] = j
 		} else {
-			first[serviceName(s)] = i
+			first[name] = i
 		}
 	}
 	defaults := &schemeDefaults{o: c.Options}
@@ -329,7 +330,11 @@ func compileService(c *Config, i int, s *Service, base stats.Params, pcts []floa
 	if err != nil {
 		return nil, nested(i, boundedName(s.Name), "", err)
 	}
-	t := gather.NewTarget(name, redact.URL(s.URL), prober, params, pcts, s.Tags)
+	server := name // a service without a name is named by its redacted URL
+	if s.Name != "" {
+		server = redact.URL(s.URL)
+	}
+	t := gather.NewTarget(name, server, prober, params, pcts, s.Tags)
 	t.Schedule = sched
 	return t, nil
 }

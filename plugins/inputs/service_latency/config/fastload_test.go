@@ -265,3 +265,19 @@ func TestFastLoadCompileErrorsLocated(t *testing.T) {
 		})
 	}
 }
+
+// TestCompileServerTag: the server tag is the URL without credentials,
+// and so is the name of a service that has none.
+func TestCompileServerTag(t *testing.T) {
+	f, err := Parse([]byte("[[inputs.service_latency]]\n" +
+		"[[inputs.service_latency.service]]\n  url = \"http://u:pw@h/?token=abc&x=1\"\n" +
+		"[[inputs.service_latency.service]]\n  name = \"named\"\n  url = \"http://v:pw2@h/\"\n"))
+	require.NoError(t, err)
+	spec, err := Compile(&f.Config)
+	require.NoError(t, err)
+	defer spec.Close()
+	require.Equal(t, "http://u@h/?token=REDACTED&x=1", spec.Targets[0].Name)
+	require.Equal(t, "http://u@h/?token=REDACTED&x=1", spec.Targets[0].Server)
+	require.Equal(t, "named", spec.Targets[1].Name)
+	require.Equal(t, "http://v@h/", spec.Targets[1].Server)
+}
