@@ -22,7 +22,8 @@ import (
 // Update's KEYS and ARGV at the defaults, captured after warm-up) against
 // the same stored state (restored before each run): the least and the
 // median of 9 runs of each, from INFO commandstats (evalsha), and the
-// Redis main thread's CPU per call. SL_SERVICES services (2,000). A file
+// Redis main thread's CPU per call. SL_SERVICES services (2,000);
+// SL_ROUNDS=1 makes every observation end a round. A file
 // named *_argv17.lua is a script of before ARGV 18 (the agent's packed
 // state), e.g. git show f0d268b~1:plugins/inputs/service_latency/store/redis.lua.
 //
@@ -42,20 +43,32 @@ func BenchmarkRedisScriptVariants(b *testing.B) {
 	require.NoError(t, err)
 	defer r.Close()
 	n, warmup := 2000, 3
+	// SL_ROUNDS=1: every observation ends a round (as the gather sends
+	// them: the verdict steps in every call)
+	benchObs := scaleObs
+	if os.Getenv("SL_ROUNDS") == "1" {
+		benchObs = func(n, round int) []Observation {
+			o := scaleObs(n, round)
+			for i := range o {
+				o[i].EndsRound, o[i].RoundOK = true, o[i].OK
+			}
+			return o
+		}
+	}
 	if v, err := strconv.Atoi(os.Getenv("SL_SERVICES")); err == nil {
 		n = v
 	}
 	now := time.Now()
 	for g := range warmup {
 		now = now.Add(10 * time.Second)
-		_, err := r.Update(ctx, now, scaleObs(n, g))
+		_, err := r.Update(ctx, now, benchObs(n, g))
 		require.NoError(t, err)
 	}
 	// The next Update's calls, as Update would send them.
 	r.mu.Lock()
 	r.seq += int64(n)
 	seq0 := r.seq - int64(n)
-	obs := scaleObs(n, warmup)
+	obs := benchObs(n, warmup)
 	batches := r.planLocked(obs, func(i int) pending {
 		o := &obs[i]
 		return pending{service: o.Service, params: o.Params, seq: seq0 + int64(i) + 1, t: now.Add(10 * time.Second).UnixNano(), ok: o.OK, latency: o.Latency, round: roundArg(o)}
