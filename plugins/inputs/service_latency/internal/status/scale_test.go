@@ -119,9 +119,14 @@ func TestStatusAt100kServices(t *testing.T) {
 // Following next_after from the first page with limit=MaxLimit lists all
 // 100,000 services once each, in config order, even when a gather is
 // published between two pages (the cursor is a name, not a position in
-// one gather's document); every body stays within MaxBodyBytes.
+// one gather's document); every body stays within MaxBodyBytes. Under
+// the race detector the walk is over the first 10,000 (the same cursor
+// code; decoding 260 MB of JSON there takes ~50 s).
 func TestStatusPagingAt100kServices(t *testing.T) {
 	svcs := scaleFeed()
+	if raceEnabled {
+		svcs = svcs[:scaleServices/10]
+	}
 	s, _ := startServer(t, Settings{})
 	c := &http.Client{Timeout: time.Minute}
 	s.Publish(report(t0, svcs...))
@@ -133,7 +138,7 @@ func TestStatusPagingAt100kServices(t *testing.T) {
 	var slowest time.Duration
 	for ; ; pages++ {
 		require.Less(t, pages, len(svcs), "the pages do not advance")
-		if pages == 10 {
+		if pages == 2 {
 			s.Publish(report(t0.Add(time.Minute), svcs...)) // a gather between two pages
 		}
 		d, code, body := timedGet(t, c, "http://"+s.Addr()+"/status"+query)
@@ -143,7 +148,7 @@ func TestStatusPagingAt100kServices(t *testing.T) {
 		var doc pageNames
 		require.NoError(t, json.Unmarshal(body, &doc))
 		gathers[doc.Gathers] = true
-		require.Equal(t, scaleServices, doc.ServicesTotal)
+		require.Equal(t, len(svcs), doc.ServicesTotal)
 		require.NotEmpty(t, doc.Services)
 		for _, sv := range doc.Services {
 			seen[sv.Name]++
@@ -157,7 +162,7 @@ func TestStatusPagingAt100kServices(t *testing.T) {
 	}
 	t.Logf("%d services in %d pages (limit=%d, at most %d bytes a body, the slowest page %s) in %s", len(order), pages+1, MaxLimit, biggest, slowest, time.Since(start))
 	require.Equal(t, map[int64]bool{1: true, 2: true}, gathers, "the walk spanned two gathers")
-	require.Len(t, seen, scaleServices)
+	require.Len(t, seen, len(svcs))
 	for name, n := range seen {
 		require.Equal(t, 1, n, name)
 	}
