@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/influxdata/telegraf/config"
 	"github.com/influxdata/telegraf/plugins/common/proxy"
@@ -251,21 +252,34 @@ func (f *optionField) keySet(v reflect.Value) string {
 // not apply to scheme, or nil. Keys are taken in groupOrder of their first
 // group, then in declaration order.
 func (o *Options) misplacedKey(scheme string) error {
-	applies := schemeGroups[scheme]
 	v := reflect.ValueOf(o).Elem()
-	for _, g := range groupOrder {
-		for i := range optionFields {
-			f := &optionFields[i]
-			if f.groups[0] != g.g || f.appliesTo(applies) {
-				continue
-			}
-			if k := f.keySet(v); k != "" {
-				return keyerr.Errorf(k, "not supported for %s probes%s", scheme, f.note())
-			}
+	for _, f := range misplacedPlans()[scheme] {
+		if k := f.keySet(v); k != "" {
+			return keyerr.Errorf(k, "not supported for %s probes%s", scheme, f.note())
 		}
 	}
 	return nil
 }
+
+// misplacedPlans are, per scheme, the fields that do not apply to it in
+// the order misplacedKey reports them: made once, not per prober (100,000
+// services start with 100,000 checks).
+var misplacedPlans = sync.OnceValue(func() map[string][]*optionField {
+	plans := make(map[string][]*optionField, len(schemeGroups))
+	for scheme, applies := range schemeGroups {
+		var plan []*optionField
+		for _, g := range groupOrder {
+			for i := range optionFields {
+				f := &optionFields[i]
+				if f.groups[0] == g.g && !f.appliesTo(applies) {
+					plan = append(plan, f)
+				}
+			}
+		}
+		plans[scheme] = plan
+	}
+	return plans
+})
 
 // Privileged is the privileged setting of ICMP probes: "auto" (the
 // default), true or false. In TOML it accepts a boolean or one of the
