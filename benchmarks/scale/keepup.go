@@ -132,6 +132,10 @@ func runKeepupChild(sp *keepupSpec, tg *keepupTargets) (*keepupResult, error) {
 	c.Env = append(os.Environ(), keepupEnv+"=1")
 	c.Stdin = bytes.NewReader(in)
 	c.Stderr = os.Stderr
+	cpu0, err := tg.cpu()
+	if err != nil {
+		return nil, err
+	}
 	stop := make(chan struct{})
 	var fdsMax int
 	var wg sync.WaitGroup
@@ -142,11 +146,15 @@ func runKeepupChild(sp *keepupSpec, tg *keepupTargets) (*keepupResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	cpu1, err := tg.cpu()
+	if err != nil {
+		return nil, err
+	}
 	var r keepupResult
 	if err := json.Unmarshal(out, &r); err != nil {
 		return nil, err
 	}
-	r.TimeWaitBefore, r.TargetFDsMax = twBefore, fdsMax
+	r.TimeWaitBefore, r.TargetFDsMax, r.TargetCPU = twBefore, fdsMax, cpu1-cpu0
 	return &r, nil
 }
 
@@ -205,6 +213,39 @@ func (tg *keepupTargets) stop() {
 		_ = c.Wait()
 	}
 	tg.procs = nil
+}
+
+// clockTick is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on
+// Linux whatever the kernel's HZ).
+const clockTick = 10 * time.Millisecond
+
+// cpu is the user + system time of all targets so far, from
+// /proc/<pid>/stat (fields 14 and 15, after the command's parentheses).
+func (tg *keepupTargets) cpu() (time.Duration, error) {
+	var sum time.Duration
+	for _, c := range tg.procs {
+		data, err := os.ReadFile("/proc/" + strconv.Itoa(c.Process.Pid) + "/stat")
+		if err != nil {
+			return 0, err
+		}
+		i := bytes.LastIndexByte(data, ')')
+		var f []string
+		if i >= 0 {
+			f = strings.Fields(string(data[i+1:]))
+		}
+		if len(f) < 13 {
+			return 0, fmt.Errorf("target %d: unreadable /proc stat %q", c.Process.Pid, data)
+		}
+		// after ")": state is f[0], so utime (field 14) is f[11], stime f[12]
+		for _, v := range f[11:13] {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("target %d: /proc stat: %w", c.Process.Pid, err)
+			}
+			sum += time.Duration(n) * clockTick
+		}
+	}
+	return sum, nil
 }
 
 // sampleOpenFiles returns the most open files of all targets together,

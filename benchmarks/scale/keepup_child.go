@@ -99,9 +99,20 @@ type keepupResult struct {
 	HWM        int64 // peak RSS, bytes
 	FirstError string
 	// Filled by the parent: the machine's TIME_WAIT when the child
-	// started, and the most open files of all targets together.
+	// started, the most open files of all targets together, and the
+	// targets' CPU time over the child's whole run (every gather).
 	TimeWaitBefore int
 	TargetFDsMax   int
+	TargetCPU      time.Duration
+}
+
+// allProbes are the probes of every gather, the burst included.
+func (r *keepupResult) allProbes() int {
+	n := 0
+	for _, g := range r.Gathers {
+		n += g.OK + g.Failed
+	}
+	return n
 }
 
 // keepupChild is the child's main.

@@ -115,19 +115,22 @@ func pairs(run *keepupRun) []keepupPair {
 // issue's three conditions.
 func writeKeepupSummary(b *strings.Builder, run *keepupRun) {
 	ps := pairs(run)
-	b.WriteString("Over the counted gathers (error percentiles over all their successful probes; *ours − plain* is what the plugin adds to what any prober measures here: connecting, the loaded machine, the target — whose own lateness alone, on one kept connection with nothing else in flight, is the last column):\n\n")
-	b.WriteString("| N | every counted round ended before the next tick | worst slack | probes ok / failed: ours | plain | CPU / probe: ours | plain | ours / plain | error p50: ours | plain | ours − plain | error p99: ours | plain | ours − plain | target's own lateness |\n")
-	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("Over the counted gathers (error percentiles over all their successful probes; *ours − plain* is what the plugin adds to what any prober measures here: connecting, the loaded machine, the target — whose own lateness alone, on one kept connection with nothing else in flight, is its own column; the targets' CPU is theirs (/proc/<pid>/stat) over the child's whole run, burst included, over its probes; the last column is what N probes of ours and its targets' CPU per probe need a second within the spread, against the machine's cores):\n\n")
+	b.WriteString("| N | every counted round ended before the next tick | worst slack | probes ok / failed: ours | plain | CPU / probe: ours | plain | ours / plain | error p50: ours | plain | ours − plain | error p99: ours | plain | ours − plain | target's own lateness | targets' CPU / probe: with ours | with plain | CPU a second at N / spread: ours + its targets |\n")
+	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, p := range ps {
 		ok, worst := keptUp(p.ours)
 		oursOK, oursFailed := countedProbes(p.ours)
 		plainOK, plainFailed := countedProbes(p.plain)
-		fmt.Fprintf(b, "| %d | %s | %s | %d / %d | %d / %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n",
+		oursTargets := perProbe(p.ours.TargetCPU, p.ours.allProbes())
+		fmt.Fprintf(b, "| %d | %s | %s | %d / %d | %d / %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			p.n, yesNo(ok), fmtSigned(worst), oursOK, oursFailed, plainOK, plainFailed,
 			fmtDur(p.ours.CPUPerProbe), fmtDur(p.plain.CPUPerProbe), ratio(p.ours.CPUPerProbe, p.plain.CPUPerProbe),
 			fmtErr(p.ours.ErrP50), fmtErr(p.plain.ErrP50), fmtErr(p.ours.ErrP50-p.plain.ErrP50),
 			fmtErr(p.ours.ErrP99), fmtErr(p.plain.ErrP99), fmtErr(p.ours.ErrP99-p.plain.ErrP99),
-			fmtErr(run.Overshoot[p.n]))
+			fmtErr(run.Overshoot[p.n]),
+			fmtDur(oursTargets), fmtDur(perProbe(p.plain.TargetCPU, p.plain.allProbes())),
+			coresNeeded(p.n, p.ours.CPUPerProbe+oursTargets, plainWindow(run.Opt.Cadence, run.Opt.timeout())))
 	}
 	b.WriteString("\nThe issue's conditions, from the rows above (one run; the machine is shared, so read them with its load average):\n\n")
 	for _, p := range ps {
@@ -148,6 +151,22 @@ func writeKeepupSummary(b *strings.Builder, run *keepupRun) {
 			metOrNot(hi.ours.ErrP99 <= lo.ours.ErrP99), fmtErr(hi.ours.ErrP99), fmtErr(lo.ours.ErrP99),
 			fmtErr(hi.plain.ErrP50), fmtErr(lo.plain.ErrP50), fmtErr(hi.plain.ErrP99), fmtErr(lo.plain.ErrP99))
 	}
+}
+
+func perProbe(cpu time.Duration, probes int) time.Duration {
+	if probes == 0 {
+		return 0
+	}
+	return cpu / time.Duration(probes)
+}
+
+// coresNeeded is the CPU a second that n probes of the given cost need
+// within the spread: "0.85 cores".
+func coresNeeded(n int, cost, spread time.Duration) string {
+	if spread <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f cores", float64(n)*float64(cost)/float64(spread))
 }
 
 // keptUp reports whether every counted gather ended before the next
