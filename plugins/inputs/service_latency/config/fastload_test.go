@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -280,4 +281,25 @@ func TestCompileServerTag(t *testing.T) {
 	require.Equal(t, "http://u@h/?token=REDACTED&x=1", spec.Targets[0].Server)
 	require.Equal(t, "named", spec.Targets[1].Name)
 	require.Equal(t, "http://v@h/", spec.Targets[1].Server)
+}
+
+// TestLoadReadsTheFile: Load reads the file itself (a byte order mark
+// ignored, ${VAR} expanded) and names it in its errors.
+func TestLoadReadsTheFile(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/sl.conf"
+	t.Setenv("SL_LOAD_TEST_HOST", "127.0.0.1:9")
+	src := "\xef\xbb\xbf[[inputs.service_latency]]\n[[inputs.service_latency.service]]\n  url = \"http://${SL_LOAD_TEST_HOST}/\"\n"
+	require.NoError(t, os.WriteFile(path, []byte(src), 0o600))
+	f, err := Load(path)
+	require.NoError(t, err)
+	require.Equal(t, path, f.Path)
+	require.Equal(t, "http://127.0.0.1:9/", f.Config.Services[0].URL)
+
+	_, err = Load(dir + "/missing.conf")
+	require.ErrorIs(t, err, os.ErrNotExist)
+
+	require.NoError(t, os.WriteFile(path, []byte(src+"  nope = 1\n"), 0o600))
+	_, err = Load(path)
+	require.EqualError(t, err, path+`:4: unknown key "nope" in [[inputs.service_latency.service]]`)
 }

@@ -1,9 +1,9 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"regexp"
@@ -42,11 +42,11 @@ type File struct {
 // does. A UTF-8 byte order mark is ignored. Load decodes; Compile
 // validates.
 func Load(path string) (*File, error) {
-	data, err := os.ReadFile(path)
+	src, err := readFileString(path)
 	if err != nil {
 		return nil, err
 	}
-	f, err := Parse(data)
+	f, err := parseSource(src)
 	if err != nil {
 		return nil, fmt.Errorf("%s:%w", path, err)
 	}
@@ -57,8 +57,30 @@ func Load(path string) (*File, error) {
 // Parse is Load for a config in memory; errors start with the line number
 // and a colon ("12: service \"api\": url: ...").
 func Parse(data []byte) (*File, error) {
-	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
-	src, err := expandEnv(string(data))
+	return parseSource(string(data))
+}
+
+// readFileString reads a file into a string without the copy of a
+// []byte conversion (the config's strings are substrings of it).
+func readFileString(path string) (string, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer file.Close()
+	var b strings.Builder
+	if st, err := file.Stat(); err == nil && st.Size() > 0 {
+		b.Grow(int(st.Size()) + 1) // +1: the read that sees the end
+	}
+	if _, err := io.Copy(&b, file); err != nil {
+		return "", err
+	}
+	return b.String(), nil
+}
+
+// parseSource is Parse of the file's text.
+func parseSource(src string) (*File, error) {
+	src, err := expandEnv(strings.TrimPrefix(src, "\xef\xbb\xbf"))
 	if err != nil {
 		return nil, err
 	}
