@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,6 +29,30 @@ func localPorts() (lo, hi int) {
 func ephemeralPorts() int { lo, hi := localPorts(); return hi - lo + 1 }
 func portRange() string   { lo, hi := localPorts(); return fmt.Sprintf("%d–%d", lo, hi) }
 
+// sysctl is a /proc/sys value as text ("?" unread).
+func sysctl(name string) string {
+	data, err := os.ReadFile("/proc/sys/" + name)
+	if err != nil {
+		return "?"
+	}
+	v := strings.TrimSpace(string(data))
+	if n, err := strconv.Atoi(v); err == nil {
+		return fmtInt(n)
+	}
+	return v
+}
+
+// mostTimeWait is the most TIME_WAITs any gather's sampler saw.
+func mostTimeWait(run *keepupRun) int {
+	most := 0
+	for _, r := range run.Rows {
+		for _, g := range r.Gathers {
+			most = max(most, g.MaxTimeWait, g.TimeWait)
+		}
+	}
+	return most
+}
+
 // loadAverage is /proc/loadavg's three figures, "1 / 5 / 15 min".
 func loadAverage() string {
 	var load [3]float64
@@ -48,9 +73,11 @@ func keepupMarkdown(run *keepupRun) string {
 		joinInts(o.Ns), o.Cadence, o.Gathers, o.Timeout, o.Targets, loadAverage())
 	fmt.Fprintf(&b, "- Targets: %d `latency_target` processes, one per loopback address 127.0.0.1–%d (`-delay %s`, every URL `?delay=%s`), service i on the address 1 + i mod %d. "+
 		"Fresh connections everywhere (keep_alive = false: kept connections would need one descriptor per service, and the hard limit of open files here is %d). "+
-		"Per gather each destination sees N / %d connections (%s at N = %d), against %s ephemeral ports (%s) per destination 4-tuple and a %s TIME_WAIT: neither is the limit.\n",
+		"Per gather each destination sees N / %d connections (%s at N = %s), against %s ephemeral ports (%s) per destination 4-tuple and a %s TIME_WAIT: neither is the limit. "+
+		"The most sockets in TIME_WAIT seen: %s (the machine's net.ipv4.tcp_max_tw_buckets: %s; beyond it the kernel closes a socket without its TIME_WAIT, no error).\n",
 		o.Targets, o.Targets, o.Delay, o.Delay, o.Targets, run.NoFile, o.Targets,
-		fmtInt((slices.Max(o.Ns)+o.Targets-1)/o.Targets), slices.Max(o.Ns), fmtInt(ephemeralPorts()), portRange(), fmtSpan(timeWaitLife))
+		fmtInt((slices.Max(o.Ns)+o.Targets-1)/o.Targets), fmtInt(slices.Max(o.Ns)), fmtInt(ephemeralPorts()), portRange(), fmtSpan(timeWaitLife),
+		fmtInt(mostTimeWait(run)), sysctl("net/ipv4/tcp_max_tw_buckets"))
 	fmt.Fprintf(&b, "- File descriptors: a prober holds at most max_concurrency (%d) sockets at once plus a few of its own; the targets keep each connection open about 0.5 s after answering (net/http's close). The most seen are in the `fds` column.\n",
 		config.DefaultMaxConcurrency)
 	fmt.Fprintf(&b, "- Per N two child processes, one after the other, each once the machine's TIME_WAITs are below %s (waiting at most %s):\n", fmtInt(drainTimeWait), fmtSpan(o.DrainWait))
