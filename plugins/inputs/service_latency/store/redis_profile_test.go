@@ -23,7 +23,8 @@ import (
 // the same stored state (restored before each run): the least and the
 // median of 9 runs of each, from INFO commandstats (evalsha), and the
 // Redis main thread's CPU per call. SL_SERVICES services (2,000);
-// SL_ROUNDS=1 makes every observation end a round. A file
+// SL_ROUNDS=1 makes every observation end a round; SL_WARMUP Updates
+// before (3). A file
 // named *_argv17.lua is a script of before ARGV 18 (the agent's packed
 // state), e.g. git show f0d268b~1:plugins/inputs/service_latency/store/redis.lua.
 //
@@ -58,6 +59,10 @@ func BenchmarkRedisScriptVariants(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("SL_SERVICES")); err == nil {
 		n = v
 	}
+	// SL_WARMUP Updates first (3; beyond 100 the windows are full)
+	if v, err := strconv.Atoi(os.Getenv("SL_WARMUP")); err == nil {
+		warmup = v
+	}
 	now := time.Now()
 	for g := range warmup {
 		now = now.Add(10 * time.Second)
@@ -77,6 +82,9 @@ func BenchmarkRedisScriptVariants(b *testing.B) {
 		bt.args = r.args(bt)
 	}
 	r.mu.Unlock()
+	if sy := r.synced[batches[0].service]; sy != nil {
+		b.Logf("packed state of a service: %d bytes (kept by the agent per service)", len(sy.blob))
+	}
 	// The stored state, to restore before each run.
 	keys, err := c.Keys(ctx, "*").Result()
 	require.NoError(t, err)
