@@ -142,7 +142,7 @@ func pairs(run *keepupRun) []keepupPair {
 // issue's three conditions.
 func writeKeepupSummary(b *strings.Builder, run *keepupRun) {
 	ps := pairs(run)
-	b.WriteString("Over the counted gathers (error percentiles over all their successful probes; *ours − plain* is what the plugin adds to what any prober measures here: connecting, the loaded machine, the target — whose own lateness alone, on one kept connection with nothing else in flight, is its own column; the targets' CPU is theirs (/proc/<pid>/stat) over the child's whole run, burst included, over its probes; the last column is what N probes of ours and its targets' CPU per probe need a second within the spread, against the machine's cores):\n\n")
+	b.WriteString("Over the counted gathers (error percentiles over all their successful probes; *ours − plain* is what the plugin adds to what any prober measures here: connecting, the loaded machine, the target — whose own lateness alone, on one kept connection with nothing else in flight, is its own column; the targets' CPU is theirs (/proc/<pid>/stat) over the child's whole run, burst included, over its probes; the last column is what N probes of ours and its targets' CPU per probe need a second within the spread, against the machine's cores. At a low rate a process's fixed cost per second — the Go runtime, timers, the 1 s sampler — weighs on each probe: compare ours with plain at the same N, not one N with another):\n\n")
 	b.WriteString("| N | every counted round ended before the next tick | worst slack | probes ok / failed: ours | plain | CPU / probe: ours | plain | ours / plain | error p50: ours | plain | ours − plain | error p99: ours | plain | ours − plain | target's own lateness | targets' CPU / probe: with ours | with plain | CPU a second at N / spread: ours + its targets |\n")
 	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, p := range ps {
@@ -267,6 +267,8 @@ func fmtSpan(d time.Duration) string {
 		return fmt.Sprintf("%d s", d/time.Second)
 	case d >= time.Second:
 		return fmt.Sprintf("%.1f s", d.Seconds())
+	case d%time.Millisecond == 0:
+		return fmt.Sprintf("%d ms", d/time.Millisecond)
 	}
 	return fmtDur(d)
 }

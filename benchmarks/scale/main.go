@@ -94,6 +94,11 @@ func main() {
 		if err == nil && len(keepNs) > 0 && (*cadence <= 0 || *gathers < 1 || *timeout < 0) {
 			err = fmt.Errorf("-keepup-cadence %s -keepup-gathers %d -keepup-timeout %s: want a positive cadence, at least one gather and a timeout ≥ 0", *cadence, *gathers, *timeout)
 		}
+		if err == nil && *out != "" && (len(scaleNs) == 0 || len(keepNs) == 0) {
+			// the markers hold both parts' tables: writing one alone
+			// would drop the other's
+			err = fmt.Errorf("-out with -n or -keepup-n empty would drop the skipped part's table from %s: run both parts, or leave -out out", *out)
+		}
 		if err == nil {
 			err = run(scaleNs, keepupOptions{Ns: keepNs, Cadence: *cadence, Gathers: *gathers, Timeout: *timeout, Targets: *targets, Delay: time.Millisecond, Target: *target, DrainWait: drainTimeWaitMax, ProfileDir: *profiles}, *target, *out)
 		}
