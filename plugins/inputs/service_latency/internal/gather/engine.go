@@ -28,8 +28,9 @@ type Engine struct {
 	mu          sync.Mutex // serializes gathers and target swaps
 	targets     []*Target
 	settings    Settings
-	storeErrors int64       // failed Updates, over the engine's life
-	starts      []time.Time // of the last gathers, for the cadence
+	storeErrors int64         // failed Updates, over the engine's life
+	starts      []gatherStart // of the last gathers, for the cadence
+	lastEnd     time.Time     // when the last gather ended (a queued start follows it at once)
 
 	// Probes in flight now and the most at once in this gather (written
 	// by the probe workers).
@@ -218,6 +219,7 @@ func (e *Engine) Gather(ctx context.Context, now time.Time, emit func(*Service))
 		}
 	}
 	rep.End = time.Now()
+	e.lastEnd = rep.End
 	rep.Internal = e.internal(len(e.targets), rep.End.Sub(rep.Start), timeouts)
 	rep.Internal.OwnedServices = int64(owned)
 	rep.Internal.OwnershipChanges = e.ownershipChanges

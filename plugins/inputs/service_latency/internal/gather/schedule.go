@@ -39,30 +39,80 @@ type Settings struct {
 }
 
 // cadenceHistory is how many recent gather starts the cadence is taken
-// from (the smallest interval between them: a late gather must not make
-// the spread overrun the next one).
-const cadenceHistory = 4
+// from.
+const cadenceHistory = 8
 
 // autoSpreadFraction of the cadence, less the largest round timeout, is
 // the automatic spread: the last round starts early enough to end
 // (timeout included) with a tenth of the cadence to spare.
 const autoSpreadFraction = 0.9
 
+// A gather that starts within queuedGap (or a fiftieth of the last
+// interval, if more) of the previous one's end was queued: its tick came
+// while the previous gather still ran (Telegraf's newline waited in the
+// pipe), so its start says when the previous gather ended, not when the
+// tick came.
+const queuedGap = 250 * time.Millisecond
+
+// gatherStart is one gather's start and whether it was queued.
+type gatherStart struct {
+	at     time.Time
+	queued bool
+}
+
 // noteStart records a gather's start and returns the cadence observed so
 // far (0 while unknown: fewer than two gathers).
 func (e *Engine) noteStart(now time.Time) time.Duration {
-	e.starts = append(e.starts, now)
+	queued := false
+	if n := len(e.starts); n > 0 && !e.lastEnd.IsZero() {
+		gap := max(queuedGap, now.Sub(e.starts[n-1].at)/50)
+		queued = !now.Before(e.lastEnd) && now.Sub(e.lastEnd) <= gap
+	}
+	e.starts = append(e.starts, gatherStart{at: now, queued: queued})
 	if len(e.starts) > cadenceHistory {
 		e.starts = e.starts[1:]
 	}
-	var c time.Duration
-	for i := 1; i < len(e.starts); i++ {
-		d := e.starts[i].Sub(e.starts[i-1])
+	return cadenceOf(e.starts)
+}
+
+// cadenceOf is the interval between ticks, from the recent gather starts.
+// A start that was not queued is at its tick; a queued one is late, by as
+// much as the gather before it overran. So an interval between two
+// on-time starts in a row is a tick (with Telegraf's jitter: the least of
+// them is taken, so that the spread never overruns the shortest), and two
+// on-time starts with queued ones between them are one tick per gather
+// apart (each queued start used up one waiting tick): their mean interval
+// is a tick too. Intervals that end or begin at a queued start are not
+// ticks: a gather that overran measures long (the spread it gives would
+// overrun again) and the one after it short. Only while fewer than two
+// starts were on time does it fall back to the least interval of all,
+// which errs short (a smaller spread), never long.
+func cadenceOf(starts []gatherStart) time.Duration {
+	var least, fallback time.Duration
+	shorter := func(c, d time.Duration) time.Duration {
 		if d > 0 && (c == 0 || d < c) {
-			c = d
+			return d
 		}
+		return c
 	}
-	return c
+	prev := -1 // the latest on-time start before i
+	for i := range starts {
+		if i > 0 {
+			fallback = shorter(fallback, starts[i].at.Sub(starts[i-1].at))
+		}
+		if starts[i].queued {
+			continue
+		}
+		if prev >= 0 {
+			mean := starts[i].at.Sub(starts[prev].at) / time.Duration(i-prev)
+			least = shorter(least, mean)
+		}
+		prev = i
+	}
+	if least > 0 {
+		return least
+	}
+	return fallback
 }
 
 // longestGap is the longest interval between the last gather starts (0
@@ -70,7 +120,7 @@ func (e *Engine) noteStart(now time.Time) time.Duration {
 func (e *Engine) longestGap() time.Duration {
 	var g time.Duration
 	for i := 1; i < len(e.starts); i++ {
-		g = max(g, e.starts[i].Sub(e.starts[i-1]))
+		g = max(g, e.starts[i].at.Sub(e.starts[i-1].at))
 	}
 	return g
 }
