@@ -29,6 +29,9 @@ func URL(rawURL string) string {
 }
 
 func userinfo(rawURL string) string {
+	if !strings.Contains(rawURL, "@") {
+		return rawURL // no userinfo, parsed or not (and no url.Parse per service at start-up)
+	}
 	u, err := url.Parse(rawURL)
 	if err == nil {
 		if u.User == nil {
@@ -73,8 +76,8 @@ func userinfo(rawURL string) string {
 func redactQuery(rawURL string) string {
 	q := strings.IndexByte(rawURL, '?')
 	h := strings.IndexByte(rawURL, '#')
-	if q < 0 && h < 0 {
-		return rawURL
+	if q < 0 && h < 0 || !hasCredentialParam(rawURL[min(uint(q), uint(h))+1:]) {
+		return rawURL // nothing to redact: nothing built
 	}
 	var b strings.Builder
 	rest := rawURL
@@ -100,7 +103,7 @@ func redactQuery(rawURL string) string {
 // redactParams redacts the credential values of "a=1&token=x" (also with
 // ';' separators).
 func redactParams(s string) string {
-	if !strings.Contains(s, "=") {
+	if !strings.Contains(s, "=") || !hasCredentialParam(s) {
 		return s
 	}
 	var b strings.Builder
@@ -117,6 +120,23 @@ func redactParams(s string) string {
 		i = j + 1
 	}
 	return b.String()
+}
+
+// hasCredentialParam reports whether redactParams would change s, or any
+// part of it after a '#' (most queries carry no credential: then nothing
+// is built).
+func hasCredentialParam(s string) bool {
+	for i := 0; i < len(s); {
+		j := i
+		for j < len(s) && s[j] != '&' && s[j] != ';' && s[j] != '#' {
+			j++
+		}
+		if p := s[i:j]; redactParam(p) != p {
+			return true
+		}
+		i = j + 1
+	}
+	return false
 }
 
 func redactParam(p string) string {
@@ -158,6 +178,9 @@ func IsCredentialName(name string) bool {
 }
 
 func normalizeName(name string) string {
+	if isNormal(name) {
+		return name // nothing to rewrite: no allocation
+	}
 	var b strings.Builder
 	b.Grow(len(name) + 4)
 	for i := 0; i < len(name); i++ {
@@ -175,6 +198,17 @@ func normalizeName(name string) string {
 		}
 	}
 	return b.String()
+}
+
+// isNormal: name has no upper-case letter and no '-', '.' or ' ', so
+// normalizeName would return it as it is.
+func isNormal(name string) bool {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; (c >= 'A' && c <= 'Z') || c == '-' || c == '.' || c == ' ' {
+			return false
+		}
+	}
+	return true
 }
 
 var (
