@@ -80,8 +80,10 @@ bench: deps build
 	$(BIN)/latency_bench -target $(BIN)/latency_target -micro $(BIN)/micro.txt -out BENCHMARKS.md $(BENCH_FLAGS)
 
 ## bench-scale: issue 17 — start-up, RSS with the window filled, retained heap per service and the
-## state file's save at 1,000 / 10,000 / 100,000 services, one child process each (about 5 minutes;
-## not part of `test`); writes the table into BENCHMARKS.md. SCALE_FLAGS="-n 1000,10000" for fewer.
+## state file's save at 1,000 / 10,000 / 100,000 services, one child process each, then keeping up
+## (1,000 and 100,000 services at a 60 s cadence with spread "auto", against a plain net/http loop);
+## about 25 minutes, not part of `test`; writes both tables into BENCHMARKS.md (a run that skips a
+## part is refused with -out). Quick look: bin/latency_scale -n 1000 -keepup-n 1000 -keepup-cadence 10s.
 SCALE_FLAGS ?=
 bench-scale: build
 	$(GO) build -o $(BIN)/latency_scale ./benchmarks/scale
