@@ -29,7 +29,7 @@ func TestKeepupSmall(t *testing.T) {
 	}
 	const n = 200
 	opt := keepupOptions{Ns: []int{n}, Cadence: 2 * time.Second, Gathers: 1, Timeout: 500 * time.Millisecond,
-		Targets: 2, Delay: time.Millisecond, Target: target, DrainWait: time.Second, ProfileDir: t.TempDir()}
+		Targets: 2, Lean: true, Delay: time.Millisecond, Target: target, DrainWait: time.Second, ProfileDir: t.TempDir()}
 	run, err := runKeepup(opt)
 	if err != nil {
 		t.Fatal(err)

@@ -86,6 +86,7 @@ func main() {
 	timeout := flag.Duration("keepup-timeout", 0, "keeping up: the plugin's timeout (and the plain loop's); 0: the plugin's default (5 s). Shorter lets a short cadence keep a spread: 0.9 × cadence − timeout")
 	profiles := flag.String("keepup-cpuprofile", "", "keeping up: a directory for a CPU profile of each child's counted gathers (keepup-service_latency-<N>.pprof, keepup-plain_net_http-<N>.pprof)")
 	targets := flag.Int("keepup-targets", 16, "keeping up: latency_target processes, one per loopback address 127.0.0.1, .2, ...")
+	lean := flag.Bool("keepup-lean", false, "keeping up: the targets answer with latency_target -lean (a minimal HTTP/1.1 responder) rather than net/http's server")
 	flag.Parse()
 	scaleNs, err := parseNs(*ns)
 	if err == nil {
@@ -100,7 +101,7 @@ func main() {
 			err = fmt.Errorf("-out with -n or -keepup-n empty would drop the skipped part's table from %s: run both parts, or leave -out out", *out)
 		}
 		if err == nil {
-			err = run(scaleNs, keepupOptions{Ns: keepNs, Cadence: *cadence, Gathers: *gathers, Timeout: *timeout, Targets: *targets, Delay: time.Millisecond, Target: *target, DrainWait: drainTimeWaitMax, ProfileDir: *profiles}, *target, *out)
+			err = run(scaleNs, keepupOptions{Ns: keepNs, Cadence: *cadence, Gathers: *gathers, Timeout: *timeout, Targets: *targets, Lean: *lean, Delay: time.Millisecond, Target: *target, DrainWait: drainTimeWaitMax, ProfileDir: *profiles}, *target, *out)
 		}
 	}
 	if err != nil {

@@ -7,6 +7,9 @@
 //	GET /anything?delay=25ms      200 after 25ms
 //	GET /status/503               answers 503
 //	-tcp 127.0.0.1:18081          also accept TCP connections there
+//	-lean                         answer with a minimal HTTP/1.1 responder
+//	                              (GET/HEAD, no body, Connection: close)
+//	                              instead of net/http's server: see lean.go
 //	-record-arrivals              note when every request reaches the handler;
 //	                              GET /_arrivals returns those times (Unix
 //	                              nanoseconds, one a line) and forgets them
@@ -36,6 +39,7 @@ func main() {
 	tcpListen := flag.String("tcp", "", "optional TCP listen address that accepts and closes connections")
 	delay := flag.Duration("delay", 2*time.Millisecond, "delay before every answer")
 	jitter := flag.Duration("jitter", 0, "uniform random extra delay in [0, jitter)")
+	lean := flag.Bool("lean", false, "a minimal HTTP/1.1 responder (GET/HEAD, Connection: close) instead of net/http's server: less CPU per fresh connection")
 	record := flag.Bool("record-arrivals", false, "note the arrival time of every request; GET /_arrivals returns them (Unix ns, one a line) and forgets them")
 	flag.Parse()
 
@@ -60,6 +64,24 @@ func main() {
 			os.Exit(1)
 		}
 		go acceptAndClose(tl)
+	}
+	if *lean {
+		if *record {
+			fmt.Fprintln(os.Stderr, "latency_target: -lean cannot -record-arrivals")
+			os.Exit(2)
+		}
+		fmt.Fprintf(os.Stderr, "latency_target: listening on http://%s (delay %s, lean)\n", ln.Addr(), *delay)
+		go func() {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			_ = ln.Close()
+		}()
+		if err := serveLean(ln, *delay, *jitter); err != nil && !errors.Is(err, net.ErrClosed) {
+			fmt.Fprintf(os.Stderr, "latency_target: %v\n", err)
+			os.Exit(1)
+		}
+		return
 	}
 	h := Handler(*delay, *jitter)
 	if *record {
