@@ -42,6 +42,11 @@ type Settings struct {
 // from.
 const cadenceHistory = 8
 
+// gapHistory is how many recent gather starts the longest gap (the
+// interval a fleet member advertises) is taken from: only the last few, so
+// that one slow gather long ago does not stretch the lease.
+const gapHistory = 4
+
 // autoSpreadFraction of the cadence, less the largest round timeout, is
 // the automatic spread: the last round starts early enough to end
 // (timeout included) with a tenth of the cadence to spare.
@@ -119,7 +124,7 @@ func cadenceOf(starts []gatherStart) time.Duration {
 // while fewer than two).
 func (e *Engine) longestGap() time.Duration {
 	var g time.Duration
-	for i := 1; i < len(e.starts); i++ {
+	for i := max(1, len(e.starts)-gapHistory+1); i < len(e.starts); i++ {
 		g = max(g, e.starts[i].at.Sub(e.starts[i-1].at))
 	}
 	return g
