@@ -9,10 +9,8 @@ package main
 // its rusage when it exits.
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -33,6 +31,8 @@ import (
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency"
 	slconfig "github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
+
+	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
 )
 
 // Contender names.
@@ -338,24 +338,7 @@ func (p *plain) gather(acc *benchAcc) error {
 	return nil
 }
 
-func (p *plain) get(u string) (time.Duration, error) {
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, u, nil)
-	if err != nil {
-		return 0, err
-	}
-	start := time.Now()
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	d := time.Since(start)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("status %d", resp.StatusCode)
-	}
-	return d, err
-}
+func (p *plain) get(u string) (time.Duration, error) { return loopback.TimedGet(p.client, u) }
 
 func (p *plain) close() { p.tr.CloseIdleConnections() }
 

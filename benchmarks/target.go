@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"slices"
 	"strconv"
-	"syscall"
 	"time"
+
+	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
 )
 
 // targets are latency_target processes (cmd/latency_target), one per
@@ -21,39 +19,24 @@ import (
 // spread over several destinations instead of exhausting one's ephemeral
 // ports.
 type targets struct {
-	procs []*exec.Cmd
-	hosts []string // host:port
-	logs  []*bytes.Buffer
+	*loopback.Targets
+	logs []*bytes.Buffer
 }
 
 func startTargets(path string, n, gomaxprocs int, extra ...string) (*targets, error) {
 	t := &targets{}
-	for i := range n {
-		ip := "127.0.0." + strconv.Itoa(i+1)
-		port, err := freePort(ip)
-		if err != nil {
-			t.stop()
-			return nil, err
-		}
-		addr := net.JoinHostPort(ip, strconv.Itoa(port))
-		var log bytes.Buffer
-		cmd := exec.Command(path, append([]string{"-listen", addr, "-delay", "0s"}, extra...)...)
-		if gomaxprocs > 0 {
-			cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(gomaxprocs))
-		}
-		cmd.Stdout, cmd.Stderr = &log, &log
-		if err := cmd.Start(); err != nil {
-			t.stop()
-			return nil, fmt.Errorf("starting the target %s: %w", path, err)
-		}
-		t.procs = append(t.procs, cmd)
-		t.hosts = append(t.hosts, addr)
-		t.logs = append(t.logs, &log)
-		if err := waitListening(addr, 10*time.Second); err != nil {
-			t.stop()
-			return nil, fmt.Errorf("target %s: %w (output: %s)", addr, err, log.String())
-		}
+	o := loopback.Options{
+		Args:   append([]string{"-delay", "0s"}, extra...),
+		Output: func(int) *bytes.Buffer { b := &bytes.Buffer{}; t.logs = append(t.logs, b); return b },
 	}
+	if gomaxprocs > 0 {
+		o.Env = []string{"GOMAXPROCS=" + strconv.Itoa(gomaxprocs)}
+	}
+	lt, err := loopback.Start(path, n, o)
+	if err != nil {
+		return nil, err
+	}
+	t.Targets = lt
 	return t, nil
 }
 
@@ -62,27 +45,12 @@ func startTargets(path string, n, gomaxprocs int, extra ...string) (*targets, er
 func (t *targets) urls(n int, delay time.Duration) []string {
 	out := make([]string, n)
 	for i := range out {
-		out[i] = fmt.Sprintf("http://%s/svc/%d?delay=%s", t.hosts[i%len(t.hosts)], i, delay)
+		out[i] = fmt.Sprintf("http://%s/svc/%d?delay=%s", t.Hosts[i%len(t.Hosts)], i, delay)
 	}
 	return out
 }
 
-func (t *targets) stop() {
-	for _, c := range t.procs {
-		_ = c.Process.Signal(syscall.SIGTERM)
-	}
-	for _, c := range t.procs {
-		done := make(chan struct{})
-		go func() { _ = c.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = c.Process.Kill()
-			<-done
-		}
-	}
-	t.procs = nil
-}
+func (t *targets) stop() { t.Stop() }
 
 // arrivals returns (and makes the targets forget) the arrival times of
 // the requests they received since the last call, sorted; the targets
@@ -90,7 +58,7 @@ func (t *targets) stop() {
 func (t *targets) arrivals() ([]time.Time, error) {
 	c := &http.Client{Timeout: 10 * time.Second}
 	var out []time.Time
-	for _, h := range t.hosts {
+	for _, h := range t.Hosts {
 		resp, err := c.Get("http://" + h + "/_arrivals")
 		if err != nil {
 			return nil, err
@@ -151,29 +119,6 @@ func bursts(gathers []gatherSample, at []time.Time, slice time.Duration) []burst
 	return out
 }
 
-func freePort(ip string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitListening(addr string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			return c.Close()
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // overshoot measures how late the target answers beyond a requested delay
 // d, on its own: n sequential requests over one keep-alive connection
 // (no connect, no concurrency) with delay d and with delay 0; the result
@@ -184,7 +129,7 @@ func (t *targets) overshoot(d time.Duration, n int) (time.Duration, error) {
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	med := func(delay time.Duration) (time.Duration, error) {
-		u := fmt.Sprintf("http://%s/calibrate?delay=%s", t.hosts[0], delay)
+		u := fmt.Sprintf("http://%s/calibrate?delay=%s", t.Hosts[0], delay)
 		xs := make([]time.Duration, 0, n)
 		for i := range n + 5 {
 			t0 := time.Now()

@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,10 +21,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
+
+	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
 )
 
 // keepupOptions are the keeping-up part's flags.
@@ -92,14 +92,14 @@ func runKeepup(opt keepupOptions) (*keepupRun, error) {
 	}
 	defer tg.stop()
 	for _, n := range opt.Ns {
-		over, err := overshoot(tg.hosts[0], opt.Delay, 200)
+		over, err := overshoot(tg.Hosts[0], opt.Delay, 200)
 		if err != nil {
 			return nil, fmt.Errorf("the target's overshoot: %w", err)
 		}
 		run.Overshoot[n] = over
 		for _, prober := range []string{proberOurs, proberPlain} {
 			waitTimeWaitBelow(drainTimeWait, opt.DrainWait)
-			sp := &keepupSpec{N: n, Prober: prober, Hosts: tg.hosts, Cadence: opt.Cadence, Gathers: opt.Gathers,
+			sp := &keepupSpec{N: n, Prober: prober, Hosts: tg.Hosts, Cadence: opt.Cadence, Gathers: opt.Gathers,
 				Delay: opt.Delay, Timeout: opt.timeout(), SetTimeout: opt.Timeout > 0, Concurrency: config.DefaultMaxConcurrency}
 			if opt.ProfileDir != "" {
 				sp.CPUProfile = filepath.Join(opt.ProfileDir, fmt.Sprintf("keepup-%s-%d.pprof", fileLabel(prober), n))
@@ -177,52 +177,25 @@ func waitTimeWaitBelow(n int, limit time.Duration) {
 // prober's, and N fresh connections a gather spread over that many
 // destinations (4-tuples, TIME_WAITs).
 type keepupTargets struct {
-	procs []*exec.Cmd
-	hosts []string
+	*loopback.Targets
 }
 
 func startKeepupTargets(bin string, n int, delay time.Duration, lean bool) (*keepupTargets, error) {
 	if n < 1 || n > 254 {
 		return nil, fmt.Errorf("-keepup-targets %d: want 1 to 254 (one per address 127.0.0.1 ...)", n)
 	}
-	tg := &keepupTargets{}
-	for i := range n {
-		ip := "127.0.0." + strconv.Itoa(i+1)
-		port, err := freePort(ip)
-		if err != nil {
-			tg.stop()
-			return nil, err
-		}
-		addr := net.JoinHostPort(ip, strconv.Itoa(port))
-		args := []string{"-listen", addr, "-delay", delay.String()}
-		if lean {
-			args = append(args, "-lean")
-		}
-		c := exec.Command(bin, args...)
-		c.Stderr = os.Stderr
-		if err := c.Start(); err != nil {
-			tg.stop()
-			return nil, fmt.Errorf("starting %s: %w", bin, err)
-		}
-		tg.procs = append(tg.procs, c)
-		tg.hosts = append(tg.hosts, addr)
-		if err := waitListening(addr, 10*time.Second); err != nil {
-			tg.stop()
-			return nil, fmt.Errorf("target %s: %w", addr, err)
-		}
+	args := []string{"-delay", delay.String()}
+	if lean {
+		args = append(args, "-lean")
 	}
-	return tg, nil
+	lt, err := loopback.Start(bin, n, loopback.Options{Args: args})
+	if err != nil {
+		return nil, err
+	}
+	return &keepupTargets{lt}, nil
 }
 
-func (tg *keepupTargets) stop() {
-	for _, c := range tg.procs {
-		_ = c.Process.Signal(syscall.SIGTERM)
-	}
-	for _, c := range tg.procs {
-		_ = c.Wait()
-	}
-	tg.procs = nil
-}
+func (tg *keepupTargets) stop() { tg.Stop() }
 
 // clockTick is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on
 // Linux whatever the kernel's HZ).
@@ -232,7 +205,7 @@ const clockTick = 10 * time.Millisecond
 // /proc/<pid>/stat (fields 14 and 15, after the command's parentheses).
 func (tg *keepupTargets) cpu() (time.Duration, error) {
 	var sum time.Duration
-	for _, c := range tg.procs {
+	for _, c := range tg.Procs {
 		data, err := os.ReadFile("/proc/" + strconv.Itoa(c.Process.Pid) + "/stat")
 		if err != nil {
 			return 0, err
@@ -265,7 +238,7 @@ func (tg *keepupTargets) sampleOpenFiles(stop <-chan struct{}) int {
 	most := 0
 	for {
 		sum := 0
-		for _, c := range tg.procs {
+		for _, c := range tg.Procs {
 			sum += max(0, openFiles(strconv.Itoa(c.Process.Pid)))
 		}
 		most = max(most, sum)
@@ -274,29 +247,6 @@ func (tg *keepupTargets) sampleOpenFiles(stop <-chan struct{}) int {
 			return most
 		case <-t.C:
 		}
-	}
-}
-
-func freePort(ip string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitListening(addr string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			return c.Close()
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

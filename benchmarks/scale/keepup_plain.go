@@ -8,9 +8,7 @@ package main
 // each one's time).
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -19,6 +17,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
 )
 
 type pacedPlain struct {
@@ -80,22 +80,7 @@ func (p *pacedPlain) gather(acc *keepAcc, window time.Duration) {
 // get is one request: from before the request to the body read and
 // closed (what ours's latency spans).
 func (p *pacedPlain) get(u string) (time.Duration, error) {
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, u, nil)
-	if err != nil {
-		return 0, err
-	}
-	t0 := time.Now()
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	d := time.Since(t0)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("%s: status %d", u, resp.StatusCode)
-	}
-	return d, err
+	return loopback.TimedGet(p.client, u)
 }
 
 func (p *pacedPlain) close() { p.tr.CloseIdleConnections() }

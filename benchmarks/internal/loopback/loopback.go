@@ -1,0 +1,143 @@
+// Package loopback starts the benchmarks' target processes
+// (cmd/latency_target), one per loopback address 127.0.0.1, .2, ..., and
+// holds what both harnesses (bin/latency_bench and bin/latency_scale) do
+// with them: N fresh connections a gather spread over several destinations
+// (4-tuples, TIME_WAITs) instead of one's ephemeral ports.
+package loopback
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Targets are running target processes.
+type Targets struct {
+	Procs []*exec.Cmd
+	Hosts []string // host:port, in the order of the addresses
+}
+
+// Options of Start.
+type Options struct {
+	// Args follow "-listen host:port" on each target's command line.
+	Args []string
+	// Env is added to each target's environment.
+	Env []string
+	// Output, when set, gets each target's stdout and stderr (and an
+	// error of Start quotes it); nil: the harness's stderr.
+	Output func(i int) *bytes.Buffer
+}
+
+// Start runs bin n times, the i-th on 127.0.0.(i+1) at a free port, and
+// waits until each listens.
+func Start(bin string, n int, o Options) (*Targets, error) {
+	t := &Targets{}
+	for i := range n {
+		ip := "127.0.0." + strconv.Itoa(i+1)
+		port, err := FreePort(ip)
+		if err != nil {
+			t.Stop()
+			return nil, err
+		}
+		addr := net.JoinHostPort(ip, strconv.Itoa(port))
+		cmd := exec.Command(bin, append([]string{"-listen", addr}, o.Args...)...)
+		if len(o.Env) > 0 {
+			cmd.Env = append(os.Environ(), o.Env...)
+		}
+		var out *bytes.Buffer
+		if o.Output != nil {
+			out = o.Output(i)
+			cmd.Stdout, cmd.Stderr = out, out
+		} else {
+			cmd.Stderr = os.Stderr
+		}
+		if err := cmd.Start(); err != nil {
+			t.Stop()
+			return nil, fmt.Errorf("starting the target %s: %w", bin, err)
+		}
+		t.Procs = append(t.Procs, cmd)
+		t.Hosts = append(t.Hosts, addr)
+		if err := WaitListening(addr, 10*time.Second); err != nil {
+			t.Stop()
+			if out != nil {
+				return nil, fmt.Errorf("target %s: %w (output: %s)", addr, err, out.String())
+			}
+			return nil, fmt.Errorf("target %s: %w", addr, err)
+		}
+	}
+	return t, nil
+}
+
+// Stop ends the targets: SIGTERM, then SIGKILL for one that has not
+// exited within 5 s.
+func (t *Targets) Stop() {
+	for _, c := range t.Procs {
+		_ = c.Process.Signal(syscall.SIGTERM)
+	}
+	for _, c := range t.Procs {
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = c.Process.Kill()
+			<-done
+		}
+	}
+	t.Procs = nil
+}
+
+// FreePort is a TCP port free on ip now.
+func FreePort(ip string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// WaitListening waits until addr accepts a connection, at most within.
+func WaitListening(addr string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TimedGet is one GET of u by client, timed from before the request to
+// the body read and closed (what the plugin's latency spans); a status
+// other than 200 is an error.
+func TimedGet(client *http.Client, u string) (time.Duration, error) {
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, u, nil)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	d := time.Since(start)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: status %d", u, resp.StatusCode)
+	}
+	return d, err
+}
