@@ -133,7 +133,7 @@ func childMain() int {
 }
 
 func runChild(sp *spec) (*childResult, error) {
-	if _, err := raiseNoFile(); err != nil {
+	if _, err := loopback.RaiseNoFile(); err != nil {
 		return nil, err
 	}
 	if sp.MemProfile != "" {
@@ -483,21 +483,4 @@ func heapAfterGC() uint64 {
 	runtime.GC()
 	runtime.GC()
 	return heapObjects([]metrics.Sample{{Name: heapMetric}})
-}
-
-// raiseNoFile lifts the soft limit of open files to the hard limit (the
-// children inherit it) and returns it: 1,000 probes in flight, or 10,000
-// keep-alive connections, need more than the usual 1,024.
-func raiseNoFile() (uint64, error) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	if lim.Cur < lim.Max {
-		lim.Cur = lim.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-			return 0, fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
-		}
-	}
-	return lim.Cur, nil
 }

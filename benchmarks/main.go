@@ -28,6 +28,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
 )
 
 func main() {
@@ -172,7 +174,7 @@ func run(ctx context.Context, c *config) (*report, error) {
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
-	nofile, err := raiseNoFile()
+	nofile, err := loopback.RaiseNoFile()
 	if err != nil {
 		return nil, err
 	}

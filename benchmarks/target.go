@@ -119,42 +119,6 @@ func bursts(gathers []gatherSample, at []time.Time, slice time.Duration) []burst
 	return out
 }
 
-// overshoot measures how late the target answers beyond a requested delay
-// d, on its own: n sequential requests over one keep-alive connection
-// (no connect, no concurrency) with delay d and with delay 0; the result
-// is median(d) − median(0) − d. It is part of every prober's error against
-// the injected delay, whatever the prober.
 func (t *targets) overshoot(d time.Duration, n int) (time.Duration, error) {
-	tr := &http.Transport{MaxIdleConnsPerHost: 1}
-	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	med := func(delay time.Duration) (time.Duration, error) {
-		u := fmt.Sprintf("http://%s/calibrate?delay=%s", t.Hosts[0], delay)
-		xs := make([]time.Duration, 0, n)
-		for i := range n + 5 {
-			t0 := time.Now()
-			resp, err := c.Get(u)
-			if err != nil {
-				return 0, err
-			}
-			_, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err != nil {
-				return 0, err
-			}
-			if i >= 5 { // the first ones warm the connection up
-				xs = append(xs, time.Since(t0))
-			}
-		}
-		return medianDur(xs), nil
-	}
-	zero, err := med(0)
-	if err != nil {
-		return 0, err
-	}
-	withD, err := med(d)
-	if err != nil {
-		return 0, err
-	}
-	return withD - zero - d, nil
+	return loopback.Overshoot(t.Hosts[0], d, n)
 }

@@ -12,12 +12,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,7 +78,7 @@ const (
 
 func runKeepup(opt keepupOptions) (*keepupRun, error) {
 	run := &keepupRun{Opt: opt, Overshoot: map[int]time.Duration{}}
-	lim, err := raiseNoFile()
+	lim, err := loopback.RaiseNoFile()
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +89,7 @@ func runKeepup(opt keepupOptions) (*keepupRun, error) {
 	}
 	defer tg.stop()
 	for _, n := range opt.Ns {
-		over, err := overshoot(tg.Hosts[0], opt.Delay, 200)
+		over, err := loopback.Overshoot(tg.Hosts[0], opt.Delay, 200)
 		if err != nil {
 			return nil, fmt.Errorf("the target's overshoot: %w", err)
 		}
@@ -248,44 +245,4 @@ func (tg *keepupTargets) sampleOpenFiles(stop <-chan struct{}) int {
 		case <-t.C:
 		}
 	}
-}
-
-// overshoot is how late the target answers beyond the delay on its own:
-// n sequential requests over one kept connection (no connect, nothing
-// else in flight from here) with the delay and with none; median(delay) −
-// median(0) − delay. It is part of any prober's error against the delay.
-func overshoot(host string, delay time.Duration, n int) (time.Duration, error) {
-	tr := &http.Transport{MaxIdleConnsPerHost: 1}
-	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	median := func(d time.Duration) (time.Duration, error) {
-		u := fmt.Sprintf("http://%s/calibrate?delay=%s", host, d)
-		var xs []time.Duration
-		for i := range n + 5 {
-			t0 := time.Now()
-			resp, err := c.Get(u)
-			if err != nil {
-				return 0, err
-			}
-			_, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err != nil {
-				return 0, err
-			}
-			if i >= 5 { // the first ones warm the connection up
-				xs = append(xs, time.Since(t0))
-			}
-		}
-		slices.Sort(xs)
-		return xs[len(xs)/2], nil
-	}
-	zero, err := median(0)
-	if err != nil {
-		return 0, err
-	}
-	with, err := median(delay)
-	if err != nil {
-		return 0, err
-	}
-	return with - zero - delay, nil
 }

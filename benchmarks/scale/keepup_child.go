@@ -22,6 +22,8 @@ import (
 	"github.com/influxdata/telegraf/metric"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency"
+
+	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
 )
 
 // keepupEnv makes the binary a keeping-up child; the spec comes on stdin.
@@ -141,7 +143,7 @@ func runKeepupProber(sp *keepupSpec) (*keepupResult, error) {
 	if sp.N <= 0 || len(sp.Hosts) == 0 || sp.Cadence <= 0 || sp.Gathers < 1 {
 		return nil, fmt.Errorf("bad spec: N %d, %d hosts, cadence %s, %d gathers", sp.N, len(sp.Hosts), sp.Cadence, sp.Gathers)
 	}
-	if _, err := raiseNoFile(); err != nil {
+	if _, err := loopback.RaiseNoFile(); err != nil {
 		return nil, err
 	}
 	t0 := time.Now()

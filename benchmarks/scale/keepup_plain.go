@@ -8,14 +8,12 @@ package main
 // each one's time).
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
@@ -84,19 +82,3 @@ func (p *pacedPlain) get(u string) (time.Duration, error) {
 }
 
 func (p *pacedPlain) close() { p.tr.CloseIdleConnections() }
-
-// raiseNoFile lifts the soft limit of open files to the hard one (the
-// children inherit it) and returns it.
-func raiseNoFile() (uint64, error) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	if lim.Cur < lim.Max {
-		lim.Cur = lim.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-			return 0, fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
-		}
-	}
-	return lim.Cur, nil
-}

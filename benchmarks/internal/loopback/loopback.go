@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -140,4 +141,56 @@ func TimedGet(client *http.Client, u string) (time.Duration, error) {
 		err = fmt.Errorf("%s: status %d", u, resp.StatusCode)
 	}
 	return d, err
+}
+
+// Overshoot is how late the target at host answers beyond a requested
+// delay on its own: n sequential requests over one kept connection (no
+// connect, nothing else in flight from here) with the delay and with none;
+// median(delay) − median(0) − delay. It is part of any prober's error
+// against the injected delay, whatever the prober.
+func Overshoot(host string, delay time.Duration, n int) (time.Duration, error) {
+	tr := &http.Transport{MaxIdleConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	median := func(d time.Duration) (time.Duration, error) {
+		u := fmt.Sprintf("http://%s/calibrate?delay=%s", host, d)
+		xs := make([]time.Duration, 0, n)
+		for i := range n + 5 {
+			took, err := TimedGet(c, u)
+			if err != nil {
+				return 0, err
+			}
+			if i >= 5 { // the first ones warm the connection up
+				xs = append(xs, took)
+			}
+		}
+		slices.Sort(xs)
+		return xs[len(xs)/2], nil
+	}
+	zero, err := median(0)
+	if err != nil {
+		return 0, err
+	}
+	with, err := median(delay)
+	if err != nil {
+		return 0, err
+	}
+	return with - zero - delay, nil
+}
+
+// RaiseNoFile lifts the soft limit of open files to the hard one (the
+// children inherit it) and returns it: 1,000 probes in flight, or 10,000
+// keep-alive connections, need more than the usual 1,024.
+func RaiseNoFile() (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, err
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return 0, fmt.Errorf("raising RLIMIT_NOFILE: %w", err)
+		}
+	}
+	return lim.Cur, nil
 }
