@@ -19,7 +19,6 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -310,20 +309,7 @@ func newPlain(sp *spec) *plain {
 func (p *plain) gather(acc *benchAcc) error {
 	lat := make([]time.Duration, len(p.urls))
 	errs := make([]error, len(p.urls))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(p.conc, len(p.urls)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(p.urls) {
-					return
-				}
-				lat[i], errs[i] = p.get(p.urls[i])
-			}
-		})
-	}
-	wg.Wait()
+	loopback.Each(len(p.urls), p.conc, func(i int) { lat[i], errs[i] = p.get(p.urls[i]) })
 	for i := range p.urls {
 		acc.metrics++
 		if errs[i] != nil {

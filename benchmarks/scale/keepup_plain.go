@@ -12,8 +12,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
@@ -51,22 +49,11 @@ func (p *pacedPlain) gather(acc *keepAcc, window time.Duration) {
 	begun := make([]time.Time, len(p.urls))
 	took := make([]time.Duration, len(p.urls))
 	errs := make([]error, len(p.urls))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(p.conc, len(p.urls)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(p.urls) {
-					return
-				}
-				time.Sleep(time.Until(start.Add(time.Duration(p.offsets[i] * float64(window)))))
-				begun[i] = time.Now()
-				took[i], errs[i] = p.get(p.urls[i])
-			}
-		})
-	}
-	wg.Wait()
+	loopback.Each(len(p.urls), p.conc, func(i int) {
+		time.Sleep(time.Until(start.Add(time.Duration(p.offsets[i] * float64(window)))))
+		begun[i] = time.Now()
+		took[i], errs[i] = p.get(p.urls[i])
+	})
 	for i := range p.urls {
 		if errs[i] != nil {
 			acc.AddError(errs[i])

@@ -16,6 +16,8 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -193,4 +195,23 @@ func RaiseNoFile() (uint64, error) {
 		}
 	}
 	return lim.Cur, nil
+}
+
+// Each runs f(0) ... f(n−1), in order of i, at most conc at once, and
+// returns once all have returned: the plain loop's worker pool.
+func Each(n, conc int, f func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(conc, n) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				f(i)
+			}
+		})
+	}
+	wg.Wait()
 }
