@@ -100,17 +100,9 @@ func newGRPC(u *url.URL, timeout time.Duration, o *Options) (*grpcProber, error)
 		keep: o.KeepAlive != nil && *o.KeepAlive,
 	}
 	if u.Scheme == "grpcs" {
-		cfg, err := buildTLS(&o.ClientConfig)
-		if err != nil {
+		if p.tlsCfg, err = dialTLS(&o.ClientConfig, host); err != nil {
 			return nil, err
 		}
-		if cfg == nil {
-			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
-		}
-		if cfg.ServerName == "" {
-			cfg.ServerName = host
-		}
-		p.tlsCfg = cfg
 	}
 	return p, nil
 }

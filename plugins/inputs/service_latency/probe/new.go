@@ -121,6 +121,23 @@ func hostPort(u *url.URL, defaultPort string) (host, port string, err error) {
 	return host, port, nil
 }
 
+// dialTLS is the TLS configuration of a prober that does its own
+// handshake (tcp with TLS, grpcs): buildTLS's, else a bare one, with host
+// as ServerName unless set.
+func dialTLS(c *telegraftls.ClientConfig, host string) (*tls.Config, error) {
+	cfg, err := buildTLS(c)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	return cfg, nil
+}
+
 // buildTLS validates c key by key (so the error names the key) and returns
 // its tls.Config, which may be nil when c configures nothing.
 func buildTLS(c *telegraftls.ClientConfig) (*tls.Config, error) {

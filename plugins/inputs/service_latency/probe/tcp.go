@@ -98,17 +98,9 @@ func newTCP(u *url.URL, timeout time.Duration, o *Options) (*tcpProber, error) {
 		return nil, keyerr.Errorf("tls", "tls = true conflicts with tls_enable = false")
 	}
 	if (o.TLS != nil && *o.TLS) || (enable != nil && *enable) {
-		cfg, err := buildTLS(&o.ClientConfig)
-		if err != nil {
+		if p.tlsCfg, err = dialTLS(&o.ClientConfig, host); err != nil {
 			return nil, err
 		}
-		if cfg == nil {
-			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
-		}
-		if cfg.ServerName == "" {
-			cfg.ServerName = host
-		}
-		p.tlsCfg = cfg
 	}
 	return p, nil
 }
