@@ -35,7 +35,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,6 +50,8 @@ import (
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
+
+	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
 )
 
 const roleEnv = "LATENCY_SCALE_CHILD"
@@ -180,7 +181,10 @@ func runScale(ns []int, target string) ([]result, error) {
 		procs = append(procs, c)
 	}
 	for a := 1; a <= 8; a++ {
-		waitListen(fmt.Sprintf("127.0.0.%d:%d", a, port))
+		addr := fmt.Sprintf("127.0.0.%d:%d", a, port)
+		if err := loopback.WaitListening(addr, 2*time.Second); err != nil {
+			return nil, fmt.Errorf("target %s: %w", addr, err)
+		}
 	}
 	var rows []result
 	for _, n := range ns {
@@ -192,16 +196,6 @@ func runScale(ns []int, target string) ([]result, error) {
 		fmt.Fprintf(os.Stderr, "N=%d done: %+v\n", n, r)
 	}
 	return rows, nil
-}
-
-func waitListen(addr string) {
-	for range 100 {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func runChild(n, port int) (result, error) {
