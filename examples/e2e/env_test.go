@@ -197,10 +197,7 @@ func startEnv(t *testing.T) *env {
 	tgBin := telegrafBinary(t)
 	influxdBin := influxd(t)
 
-	sweepStaleDirs(t)
-	dir, err := os.MkdirTemp("", tempPrefix)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o600))
+	dir := newRunDir(t)
 	e := &env{dir: dir}
 	// Registered first, so it runs last: after the targets are closed.
 	t.Cleanup(func() {
@@ -216,12 +213,7 @@ func startEnv(t *testing.T) *env {
 		_ = os.RemoveAll(dir)
 	})
 
-	// Our binary, as `make build` builds it (no -race: it is the product).
-	e.plugin = filepath.Join(dir, "service_latency")
-	build := exec.Command("go", "build", "-o", e.plugin, "./cmd/service_latency")
-	build.Dir = root
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "go build ./cmd/service_latency: %s", out)
+	e.plugin = buildPlugin(t, root, dir)
 
 	// Targets: a healthy HTTP service with a known delay (by host name, so
 	// the DNS phase is measured), an HTTPS one verified with its CA, and a
@@ -290,6 +282,29 @@ func startEnv(t *testing.T) *env {
 }
 
 const tempPrefix = "service_latency_e2e_"
+
+// newRunDir sweeps earlier runs' dirs and makes this run's, marked with
+// this process's id (owner.pid, what sweepStaleDirs reads).
+func newRunDir(t *testing.T) string {
+	t.Helper()
+	sweepStaleDirs(t)
+	dir, err := os.MkdirTemp("", tempPrefix)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o600))
+	return dir
+}
+
+// buildPlugin builds our binary into dir as `make build` does (no -race:
+// it is the product) and returns its path; root is the repository's.
+func buildPlugin(t *testing.T, root, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "service_latency")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/service_latency")
+	build.Dir = root
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "go build ./cmd/service_latency: %s", out)
+	return bin
+}
 
 // sweepStaleDirs removes the temp dirs of earlier runs whose test process is
 // gone. t.Cleanup removes a run's dir, failed or not; only a run killed

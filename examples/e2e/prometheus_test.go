@@ -184,10 +184,7 @@ func startPromEnv(t *testing.T) *promEnv {
 	tgBin := telegrafBinary(t)
 	promBin := debianBinary(t, "prometheus", "prometheus")
 
-	sweepStaleDirs(t)
-	dir, err := os.MkdirTemp("", tempPrefix)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o600))
+	dir := newRunDir(t)
 	e := &promEnv{dir: dir}
 	t.Cleanup(func() {
 		e.stop()
@@ -202,11 +199,7 @@ func startPromEnv(t *testing.T) *promEnv {
 		_ = os.RemoveAll(dir)
 	})
 
-	e.plugin = filepath.Join(dir, "service_latency")
-	build := exec.Command("go", "build", "-o", e.plugin, "./cmd/service_latency")
-	build.Dir = root
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "go build ./cmd/service_latency: %s", out)
+	e.plugin = buildPlugin(t, root, dir)
 
 	// Targets.
 	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
