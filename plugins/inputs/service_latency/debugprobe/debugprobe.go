@@ -40,10 +40,7 @@ func RunService(ctx context.Context, c *config.Config, name string, w io.Writer)
 		if s == nil {
 			continue
 		}
-		n := s.Name
-		if n == "" {
-			n = redact.URL(s.URL)
-		}
+		n := serviceName(s)
 		names = append(names, n)
 		if n == name {
 			one.Services = append(one.Services, s)
@@ -63,6 +60,15 @@ func RunService(ctx context.Context, c *config.Config, name string, w io.Writer)
 	}
 	defer spec.Close()
 	return Run(ctx, &one, spec, name, w)
+}
+
+// serviceName is the name config.Compile gives a service: its own, else
+// its URL without credentials.
+func serviceName(s *config.Service) string {
+	if s.Name != "" {
+		return s.Name
+	}
+	return redact.URL(s.URL)
 }
 
 // Run probes the service called name of a compiled config once, writes
@@ -138,11 +144,7 @@ func writeOptions(w io.Writer, c *config.Config, t *gather.Target) {
 		if s == nil {
 			continue
 		}
-		n := s.Name
-		if n == "" {
-			n = redact.URL(s.URL)
-		}
-		if n != t.Name {
+		if serviceName(s) != t.Name {
 			continue
 		}
 		opts := s.Options.WithDefaults(c.Options.ApplicableTo(s.URL))
