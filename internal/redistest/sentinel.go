@@ -35,18 +35,26 @@ func StartReplica(tb testing.TB, master *Server) *Server {
 	r := &Server{tb: tb, dir: tb.TempDir()}
 	r.extra = []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.port)}
 	r.startOnFreePort()
+	r.waitInSync(master)
+	return r
+}
+
+// waitInSync waits (up to 15 s) until replica s reports its link to
+// master up; it fails the test otherwise.
+func (s *Server) waitInSync(master *Server) {
+	s.tb.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		c := r.plainClient()
+		c := s.plainClient()
 		info, _ := c.Info(ctx, "replication").Result()
 		c.Close()
 		cancel()
 		if strings.Contains(info, "master_link_status:up") {
-			return r
+			return
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("replica %s not in sync with %s", r.Addr(), master.Addr())
+			s.tb.Fatalf("replica %s not in sync with %s", s.Addr(), master.Addr())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -198,19 +206,5 @@ func (s *Server) RestartAsReplicaOf(master *Server) {
 	s.tb.Helper()
 	s.extra = []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.port)}
 	s.Restart()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		c := s.plainClient()
-		info, _ := c.Info(ctx, "replication").Result()
-		c.Close()
-		cancel()
-		if strings.Contains(info, "master_link_status:up") {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.tb.Fatalf("%s not in sync with %s", s.Addr(), master.Addr())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	s.waitInSync(master)
 }
