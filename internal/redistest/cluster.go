@@ -174,19 +174,9 @@ func (c *Cluster) MasterOf(key string) *Server {
 	defer cancel()
 	cl := c.Client()
 	defer cl.Close()
-	var addr string
-	slot, err := cl.ClusterKeySlot(ctx, key).Result()
+	addr, slot, err := slotMaster(ctx, cl, key)
 	if err != nil {
-		c.tb.Fatalf("CLUSTER KEYSLOT: %v", err)
-	}
-	shards, err := cl.ClusterSlots(ctx).Result()
-	if err != nil {
-		c.tb.Fatalf("CLUSTER SLOTS: %v", err)
-	}
-	for _, sh := range shards {
-		if int64(sh.Start) <= slot && slot <= int64(sh.End) && len(sh.Nodes) > 0 {
-			addr = sh.Nodes[0].Addr
-		}
+		c.tb.Fatal(err)
 	}
 	for _, s := range c.Nodes {
 		if s.Addr() == addr {
@@ -220,27 +210,37 @@ func (c *Cluster) masterOfQuiet(key string) *Server {
 			continue
 		}
 		cl := s.plainClient()
-		slot, err := cl.ClusterKeySlot(ctx, key).Result()
-		if err != nil {
-			cl.Close()
-			continue
-		}
-		shards, err := cl.ClusterSlots(ctx).Result()
+		addr, _, err := slotMaster(ctx, cl, key)
 		cl.Close()
 		if err != nil {
 			continue
 		}
-		for _, sh := range shards {
-			if int64(sh.Start) <= slot && slot <= int64(sh.End) && len(sh.Nodes) > 0 {
-				for _, n := range c.Nodes {
-					if n.Addr() == sh.Nodes[0].Addr && n.running() {
-						return n
-					}
-				}
+		for _, n := range c.Nodes {
+			if n.Addr() == addr && n.running() {
+				return n
 			}
 		}
 	}
 	return nil
+}
+
+// slotMaster asks cl for key's slot and the address of the master that
+// serves it (CLUSTER KEYSLOT, CLUSTER SLOTS; "" when no shard has it).
+func slotMaster(ctx context.Context, cl redis.Cmdable, key string) (addr string, slot int64, err error) {
+	slot, err = cl.ClusterKeySlot(ctx, key).Result()
+	if err != nil {
+		return "", 0, fmt.Errorf("CLUSTER KEYSLOT: %w", err)
+	}
+	shards, err := cl.ClusterSlots(ctx).Result()
+	if err != nil {
+		return "", slot, fmt.Errorf("CLUSTER SLOTS: %w", err)
+	}
+	for _, sh := range shards {
+		if int64(sh.Start) <= slot && slot <= int64(sh.End) && len(sh.Nodes) > 0 {
+			return sh.Nodes[0].Addr, slot, nil
+		}
+	}
+	return "", slot, nil
 }
 
 // Client returns a cluster client over every node (closed by the caller).
