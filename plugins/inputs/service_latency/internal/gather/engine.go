@@ -311,7 +311,6 @@ func (e *Engine) apply(ctx context.Context, rep *Report, batch []round, emit fun
 			// (kept only for such targets: a Service holds its maps)
 			t.last = s
 		}
-		rep.Probed++
 		emit(s)
 	}
 }

@@ -7,16 +7,18 @@ import "time"
 // the status server and service_latency_internal read the same value. A
 // Report is never modified once returned.
 type Report struct {
-	// Start and End of the gather. Metrics are timestamped with Start.
+	// Start and End of the gather. service_latency_internal is
+	// timestamped with Start; each service with its round's start
+	// (Service.At).
 	Start, End time.Time
-	// Err is the store's Update error: no service has a metric then
-	// (Services is empty).
+	// Err is the last failed store Update of the gather: the rounds of
+	// that batch are not emitted and not in Services (a service with an
+	// interval keeps its previous round's entry there).
 	Err error
 	// Services are every service's latest round, in config order: those
 	// probed this gather and, for services not due (interval), their last
-	// round's entry. Probed counts those of this gather.
+	// round's entry.
 	Services []Service
-	Probed   int
 	// Internal are the gather's own signals (service_latency_internal).
 	Internal Internal
 }

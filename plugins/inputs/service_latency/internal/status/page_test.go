@@ -44,7 +44,7 @@ func get(t testing.TB, u string, hdr ...string) (*http.Response, string) {
 // pageReport is a report of n services at start: every 10th down, every
 // 7th with a smoke band, each with a full history.
 func pageReport(n int, start time.Time, gen int) *gather.Report {
-	r := &gather.Report{Start: start, End: start.Add(200 * time.Millisecond), Probed: n}
+	r := &gather.Report{Start: start, End: start.Add(200 * time.Millisecond)}
 	r.Services = make([]gather.Service, n)
 	for i := range r.Services {
 		name := fmt.Sprintf("svc-%05d", i)
