@@ -387,7 +387,8 @@ func (e *Engine) logVerdict(t *Target, r *probe.Result, en *store.Entry, at time
 		e.log.Warnf("service %q (%s) failing: %s: %s; status down after %d failed rounds in a row (was %s)",
 			t.Name, t.Server, r.Outcome, errText(r.Err), v.Failed, was)
 	case stats.StatusDegraded:
-		x, _ := en.State.Statistic(vp.Statistic, &t.scratch)
+		// rare (a change of status): a buffer of its own, not one kept per target
+		x, _ := en.State.Statistic(vp.Statistic, nil)
 		e.log.Warnf("service %q (%s) degraded: %s %s above degraded_latency %s (was %s)",
 			t.Name, t.Server, vp.Statistic, seconds(x), seconds(vp.DegradedLatency), was)
 	case stats.StatusUp:

@@ -45,8 +45,6 @@ type Target struct {
 	status stats.Status
 	since  int64
 	seen   bool
-	// scratch is the sort buffer of the degraded statistic in log lines.
-	scratch []float64
 	// hash places the target within the spread; lastStart and last are its
 	// last round's start and entry.
 	hash      uint64
