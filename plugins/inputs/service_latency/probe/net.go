@@ -199,6 +199,13 @@ func (n *netConfig) dial(ctx context.Context, d net.Dialer, network, host, port 
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
+	return dialFamilies(ctx, d, network, port, first, second, traced)
+}
+
+// dialFamilies dials the addresses of first, then, when every one of them
+// failed and ctx is still live, those of second. The error is first's:
+// the family the resolver preferred.
+func dialFamilies(ctx context.Context, d net.Dialer, network, port string, first, second []netip.Addr, traced bool) (net.Conn, error) {
 	c, err := dialEach(ctx, d, network, port, first, len(second), traced)
 	if err == nil || len(second) == 0 || ctx.Err() != nil {
 		return c, err
@@ -206,53 +213,28 @@ func (n *netConfig) dial(ctx context.Context, d net.Dialer, network, host, port 
 	if traced {
 		tracef(ctx, "fallback", "every %s address failed; trying %s", family(first[0]), addrList(second))
 	}
-	c, err2 := dialEach(ctx, d, network, port, second, 0, traced)
-	if err2 == nil {
+	if c, err2 := dialEach(ctx, d, network, port, second, 0, traced); err2 == nil {
 		return c, nil
 	}
-	return nil, err // the first family's error: the one the resolver preferred
+	return nil, err
 }
 
 // dialPhases is dial over TCP that fills ph (under ph.mu): dns_lookup for
 // a host name (also when the lookup failed), tcp_connect from the first
 // connect attempt to the established connection, and the remote address.
 func (n *netConfig) dialPhases(ctx context.Context, d net.Dialer, host, port string, ph *phases, traced bool) (net.Conn, error) {
-	var (
-		first, second []netip.Addr
-		err           error
-	)
-	if a, ok := literal(host); ok {
-		if !n.fits(a) {
-			err := &net.AddrError{Err: "source_address " + n.source.String() + " cannot reach this address family", Addr: host}
-			if traced {
-				tracef(ctx, "address", "%s: %v", host, err)
-			}
-			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
-		}
-		if traced {
-			tracef(ctx, "address", "%s (literal, no lookup)", host)
-		}
-		first = []netip.Addr{a}
-	} else {
-		dnsStart := time.Now()
-		first, second, _, err = n.resolve(ctx, host, traced)
+	dnsStart := time.Now()
+	first, second, looked, err := n.resolve(ctx, host, traced)
+	if looked {
 		ph.mu.Lock()
 		ph.dns, ph.did = ph.dns+time.Since(dnsStart), ph.did|didDNS
 		ph.mu.Unlock()
-		if err != nil {
-			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
-		}
+	}
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
 	}
 	connStart := time.Now()
-	c, err := dialEach(ctx, d, "tcp", port, first, len(second), traced)
-	if err != nil && len(second) > 0 && ctx.Err() == nil {
-		if traced {
-			tracef(ctx, "fallback", "every %s address failed; trying %s", family(first[0]), addrList(second))
-		}
-		if c2, err2 := dialEach(ctx, d, "tcp", port, second, 0, traced); err2 == nil {
-			c, err = c2, nil
-		}
-	}
+	c, err := dialFamilies(ctx, d, "tcp", port, first, second, traced)
 	if err != nil {
 		return nil, err
 	}
