@@ -45,7 +45,7 @@ func startTargets(path string, n, gomaxprocs int, extra ...string) (*targets, er
 func (t *targets) urls(n int, delay time.Duration) []string {
 	out := make([]string, n)
 	for i := range out {
-		out[i] = fmt.Sprintf("http://%s/svc/%d?delay=%s", t.Hosts[i%len(t.Hosts)], i, delay)
+		out[i] = loopback.URL(t.Hosts, i, delay)
 	}
 	return out
 }

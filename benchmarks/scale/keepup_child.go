@@ -224,14 +224,9 @@ func keepupConfig(sp *keepupSpec) []byte {
 		fmt.Fprintf(&b, "  timeout = %q\n", sp.Timeout)
 	}
 	for i := range sp.N {
-		fmt.Fprintf(&b, "  [[inputs.service_latency.service]]\n    name = \"svc-%d\"\n    url = %q\n", i, keepupURL(sp.Hosts, i, sp.Delay))
+		fmt.Fprintf(&b, "  [[inputs.service_latency.service]]\n    name = \"svc-%d\"\n    url = %q\n", i, loopback.URL(sp.Hosts, i, sp.Delay))
 	}
 	return []byte(b.String())
-}
-
-// keepupURL is service i's URL (the plain loop requests the same ones).
-func keepupURL(hosts []string, i int, delay time.Duration) string {
-	return fmt.Sprintf("http://%s/svc/%d?delay=%s", hosts[i%len(hosts)], i, delay)
 }
 
 // onTicker runs 1 + sp.Gathers gathers on a ticker of sp.Cadence, as

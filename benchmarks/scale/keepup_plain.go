@@ -35,7 +35,7 @@ func newPacedPlain(sp *keepupSpec) *pacedPlain {
 	p := &pacedPlain{client: &http.Client{Transport: tr, Timeout: sp.Timeout}, tr: tr, conc: max(1, sp.Concurrency)}
 	r := rand.New(rand.NewPCG(uint64(sp.N), 17))
 	for i := range sp.N {
-		p.urls = append(p.urls, keepupURL(sp.Hosts, i, sp.Delay))
+		p.urls = append(p.urls, loopback.URL(sp.Hosts, i, sp.Delay))
 		p.offsets = append(p.offsets, r.Float64())
 	}
 	slices.Sort(p.offsets)

@@ -123,6 +123,12 @@ func WaitListening(addr string, within time.Duration) error {
 	}
 }
 
+// URL is service i's URL on the targets at hosts: /svc/i on
+// hosts[i%len(hosts)], asking for the delay (?delay=).
+func URL(hosts []string, i int, delay time.Duration) string {
+	return fmt.Sprintf("http://%s/svc/%d?delay=%s", hosts[i%len(hosts)], i, delay)
+}
+
 // TimedGet is one GET of u by client, timed from before the request to
 // the body read and closed (what the plugin's latency spans); a status
 // other than 200 is an error.

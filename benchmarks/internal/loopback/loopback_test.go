@@ -30,6 +30,13 @@ func TestStartTimedGetStop(t *testing.T) {
 	if err != nil || d < 20*time.Millisecond {
 		t.Fatalf("TimedGet: %s, %v (want ≥ the 20 ms delay, no error)", d, err)
 	}
+	u := URL(tg.Hosts, 3, 40*time.Millisecond)
+	if want := "http://" + tg.Hosts[1] + "/svc/3?delay=40ms"; u != want {
+		t.Fatalf("URL: %s, want %s", u, want)
+	}
+	if d, err := TimedGet(client, u); err != nil || d < 40*time.Millisecond {
+		t.Fatalf("TimedGet of %s: %s, %v (want ≥ its 40 ms delay, no error)", u, d, err)
+	}
 	if _, err := TimedGet(client, "http://"+tg.Hosts[0]+"/status/503?delay=0s"); err == nil || !strings.Contains(err.Error(), "status 503") {
 		t.Fatalf("a 503: %v", err)
 	}
