@@ -189,10 +189,7 @@ func (p *dnsProber) Probe(parent context.Context) Result {
 		}
 		rtt = before + rtt2
 	}
-	rcode := dns.RcodeToString[r.Rcode]
-	if rcode == "" {
-		rcode = fmt.Sprintf("RCODE%d", r.Rcode)
-	}
+	rcode := rcodeName(r.Rcode)
 	answers := 0
 	for _, rr := range r.Answer {
 		if rr.Header().Rrtype == p.qtype {
@@ -280,10 +277,7 @@ func traceReply(ctx context.Context, r *dns.Msg, rtt time.Duration) {
 			flags = append(flags, f.name)
 		}
 	}
-	rcode := dns.RcodeToString[r.Rcode]
-	if rcode == "" {
-		rcode = fmt.Sprintf("RCODE%d", r.Rcode)
-	}
+	rcode := rcodeName(r.Rcode)
 	tracef(ctx, "reply", "%s in %s (id %d, flags %s; answer %d, authority %d, additional %d)",
 		rcode, rtt.Round(time.Microsecond), r.Id, strings.Join(flags, " "), len(r.Answer), len(r.Ns), len(r.Extra))
 	for _, rr := range r.Answer {
@@ -299,6 +293,15 @@ func traceReply(ctx context.Context, r *dns.Msg, rtt time.Duration) {
 		}
 		tracef(ctx, "additional", "%s", rrString(rr))
 	}
+}
+
+// rcodeName is an rcode's mnemonic ("NOERROR"), else "RCODE" and its
+// number.
+func rcodeName(rcode int) string {
+	if s := dns.RcodeToString[rcode]; s != "" {
+		return s
+	}
+	return fmt.Sprintf("RCODE%d", rcode)
 }
 
 // rrString is an RR in presentation format, its tabs as spaces.
