@@ -205,7 +205,7 @@ func run(ctx context.Context, c *config) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer tg.stop()
+	defer tg.Stop()
 
 	for _, n := range c.ScaleNs {
 		contenders := []string{Ours, Plain}
@@ -289,7 +289,7 @@ func runSpread(ctx context.Context, c *config, rep *report) error {
 	if err != nil {
 		return err
 	}
-	defer tg.stop()
+	defer tg.Stop()
 	if _, err := tg.arrivals(); err != nil { // none yet; checks the flag took
 		return fmt.Errorf("the target's arrivals: %w", err)
 	}

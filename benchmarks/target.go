@@ -50,8 +50,6 @@ func (t *targets) urls(n int, delay time.Duration) []string {
 	return out
 }
 
-func (t *targets) stop() { t.Stop() }
-
 // arrivals returns (and makes the targets forget) the arrival times of
 // the requests they received since the last call, sorted; the targets
 // must run with -record-arrivals.

@@ -87,7 +87,7 @@ func runKeepup(opt keepupOptions) (*keepupRun, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer tg.stop()
+	defer tg.Stop()
 	for _, n := range opt.Ns {
 		over, err := loopback.Overshoot(tg.Hosts[0], opt.Delay, 200)
 		if err != nil {
@@ -191,8 +191,6 @@ func startKeepupTargets(bin string, n int, delay time.Duration, lean bool) (*kee
 	}
 	return &keepupTargets{lt}, nil
 }
-
-func (tg *keepupTargets) stop() { tg.Stop() }
 
 // clockTick is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on
 // Linux whatever the kernel's HZ).
