@@ -43,6 +43,7 @@ import (
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/gather"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
+	"github.com/service-latency/service_latency/plugins/inputs/service_latency/stats"
 )
 
 //go:embed ui
@@ -460,13 +461,12 @@ func cmpFloat(x, y float64, desc bool) int {
 	return c
 }
 
-// Status codes of the page, as the status_code field: unknown 0, up 1,
-// degraded 2, down 3.
+// Status codes of the page: the status_code field's (stats.Status).
 const (
-	codeUnknown  = 0
-	codeUp       = 1
-	codeDegraded = 2
-	codeDown     = 3
+	codeUnknown  = int(stats.StatusUnknown)
+	codeUp       = int(stats.StatusUp)
+	codeDegraded = int(stats.StatusDegraded)
+	codeDown     = int(stats.StatusDown)
 )
 
 // statusOf is a service's status: its status_code field, else its status
@@ -474,7 +474,7 @@ const (
 // probe, down while consecutive_failures > 0, up otherwise. derived says
 // it was.
 func statusOf(f map[string]any) (code int, derived bool) {
-	if v, ok := num(f, "status_code"); ok && v >= codeUnknown && v <= codeDown && v == math.Trunc(v) {
+	if v, ok := num(f, "status_code"); ok && v >= float64(codeUnknown) && v <= float64(codeDown) && v == math.Trunc(v) {
 		return int(v), false
 	}
 	if v, ok := f["status"].(string); ok {
