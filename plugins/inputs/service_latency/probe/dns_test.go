@@ -60,6 +60,24 @@ func testZone(w dns.ResponseWriter, req *dns.Msg) {
 	_ = w.WriteMsg(m)
 }
 
+// serveDNS starts srv, waits until it serves, and shuts it down at
+// cleanup.
+func serveDNS(t *testing.T, srv *dns.Server) {
+	t.Helper()
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.ActivateAndServe()
+	}()
+	<-started
+	t.Cleanup(func() {
+		_ = srv.Shutdown()
+		<-served
+	})
+}
+
 // dnsServer starts the test zone on 127.0.0.1 over UDP and TCP.
 func dnsServer(t *testing.T) (udpAddr, tcpAddr string) {
 	t.Helper()
@@ -71,18 +89,7 @@ func dnsServer(t *testing.T) (udpAddr, tcpAddr string) {
 		{PacketConn: pc, Handler: dns.HandlerFunc(testZone)},
 		{Listener: ln, Handler: dns.HandlerFunc(testZone)},
 	} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			_ = srv.ActivateAndServe()
-		}()
-		<-started
-		t.Cleanup(func() {
-			_ = srv.Shutdown()
-			<-served
-		})
+		serveDNS(t, srv)
 	}
 	return pc.LocalAddr().String(), ln.Addr().String()
 }

@@ -41,25 +41,14 @@ func dualResolver(t *testing.T) {
 		}
 		_ = w.WriteMsg(m)
 	})}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.ActivateAndServe()
-	}()
-	<-started
+	serveDNS(t, srv)
 	addr := pc.LocalAddr().String()
 	old := lookupResolver
 	lookupResolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "udp", addr)
 	}}
-	t.Cleanup(func() {
-		lookupResolver = old
-		_ = srv.Shutdown()
-		<-served
-	})
+	t.Cleanup(func() { lookupResolver = old })
 }
 
 // listenOn listens on ip:port (port "0": any) and accepts until cleanup,
@@ -234,6 +223,14 @@ func TestNetOptionErrors(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// truncated answers every query with an empty reply with TC set.
+var truncated = dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Truncated = true
+	_ = w.WriteMsg(m)
+})
+
 // truncatingServer answers a.test over UDP with TC=1 and no answers, and
 // over TCP in full.
 func truncatingServer(t *testing.T) string {
@@ -254,28 +251,11 @@ func truncatingServer(t *testing.T) string {
 		_ = pc.Close()
 	}
 	require.NoError(t, err)
-	udp := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(req)
-		m.Truncated = true
-		_ = w.WriteMsg(m)
-	})
 	for _, srv := range []*dns.Server{
-		{PacketConn: pc, Handler: udp},
+		{PacketConn: pc, Handler: truncated},
 		{Listener: ln, Handler: dns.HandlerFunc(testZone)},
 	} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			_ = srv.ActivateAndServe()
-		}()
-		<-started
-		t.Cleanup(func() {
-			_ = srv.Shutdown()
-			<-served
-		})
+		serveDNS(t, srv)
 	}
 	return pc.LocalAddr().String()
 }
@@ -299,17 +279,7 @@ func TestDNSTruncatedRetriesOverTCP(t *testing.T) {
 	// Truncated over UDP and nothing on TCP: the TCP failure is the result.
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(req)
-		m.Truncated = true
-		_ = w.WriteMsg(m)
-	})}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go func() { _ = srv.ActivateAndServe() }()
-	<-started
-	t.Cleanup(func() { _ = srv.Shutdown() })
+	serveDNS(t, &dns.Server{PacketConn: pc, Handler: truncated})
 	r = mustNew(t, "dns://"+pc.LocalAddr().String()+"/a.test", time.Second, Options{}).Probe(context.Background())
 	requireOutcome(t, ConnectionFailed, r)
 	requireNoField(t, r, "dns_transport")
