@@ -921,6 +921,20 @@ local function write_inc()
   return nil
 end
 
+-- the window as it is now (as LRANGE would return it after this batch):
+-- this batch's probes, newest first, then the stored ones, at most window
+local function window_now()
+  local w = {}
+  for i = #pushes, 1, -1 do
+    if #w < window then w[#w + 1] = pushes[i] end
+  end
+  for i = 1, #win do
+    if #w >= window then break end
+    w[#w + 1] = win[i]
+  end
+  return w
+end
+
 local function write_all()
   redis.call('DEL', K_S, K_W)
   local hs = {}
@@ -942,16 +956,7 @@ local function write_all()
     hs[#hs + 1] = 'b' .. f
     hs[#hs + 1] = fmt(c)
   end
-  -- the window as it is now: this batch's probes, newest first, then the
-  -- stored ones
-  local w = {}
-  for i = #pushes, 1, -1 do
-    if #w < window then w[#w + 1] = pushes[i] end
-  end
-  for i = 1, #win do
-    if #w >= window then break end
-    w[#w + 1] = win[i]
-  end
+  local w = window_now()
   win = w
   s.ex, s.et = now_s, ttl
   hs[#hs + 1] = 's'
@@ -988,15 +993,7 @@ if delta then
 else
   if mode == 'inc' then
     -- the window as LRANGE would now return it
-    local w = {}
-    for i = #pushes, 1, -1 do
-      if #w < window then w[#w + 1] = pushes[i] end
-    end
-    for i = 1, #win do
-      if #w >= window then break end
-      w[#w + 1] = win[i]
-    end
-    probes_out = w
+    probes_out = window_now()
   else
     probes_out = win
   end
