@@ -80,19 +80,26 @@ func CheckStateFile(path string) error {
 	if path == "" {
 		return keyerr.New("state_file", errors.New("empty path"))
 	}
+	return checkFilePath("state_file", path)
+}
+
+// checkFilePath reports a file path (of config key key) that cannot
+// work: a directory, or a file whose directory does not exist. A
+// symbolic link is checked where it points.
+func checkFilePath(key, path string) error {
 	target := resolveLink(path)
 	if fi, err := os.Stat(target); err == nil && fi.IsDir() {
-		return keyerr.Errorf("state_file", "%s is a directory; name a file in it", path)
+		return keyerr.Errorf(key, "%s is a directory; name a file in it", path)
 	}
 	dir := filepath.Dir(target)
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return keyerr.Errorf("state_file", "the directory of %s (%s) does not exist", path, dir)
+		return keyerr.Errorf(key, "the directory of %s (%s) does not exist", path, dir)
 	case err != nil:
-		return keyerr.Errorf("state_file", "the directory of %s: %v", path, err)
+		return keyerr.Errorf(key, "the directory of %s: %v", path, err)
 	case !fi.IsDir():
-		return keyerr.Errorf("state_file", "the directory of %s (%s) is not a directory", path, dir)
+		return keyerr.Errorf(key, "the directory of %s (%s) is not a directory", path, dir)
 	}
 	return nil
 }

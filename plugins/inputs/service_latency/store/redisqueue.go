@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"math"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -55,21 +54,7 @@ func checkQueueFile(path string) error {
 	if path == "" {
 		return nil
 	}
-	target := resolveLink(path)
-	if fi, err := os.Stat(target); err == nil && fi.IsDir() {
-		return keyerr.Errorf("queue_file", "%s is a directory; name a file in it", path)
-	}
-	dir := filepath.Dir(target)
-	fi, err := os.Stat(dir)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return keyerr.Errorf("queue_file", "the directory of %s (%s) does not exist", path, dir)
-	case err != nil:
-		return keyerr.Errorf("queue_file", "the directory of %s: %v", path, err)
-	case !fi.IsDir():
-		return keyerr.Errorf("queue_file", "the directory of %s (%s) is not a directory", path, dir)
-	}
-	return nil
+	return checkFilePath("queue_file", path)
 }
 
 // loadQueueLocked reads the queue file into the queue (NewRedis, before
