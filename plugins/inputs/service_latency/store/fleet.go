@@ -15,7 +15,6 @@ import (
 	"github.com/influxdata/telegraf"
 	"github.com/influxdata/telegraf/config"
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/keyerr"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/internal/redact"
@@ -281,28 +280,11 @@ func NewFleet(ropts RedisOptions, fo FleetOptions) (*Fleet, error) {
 // FleetKey is the members hash of a key prefix.
 func FleetKey(prefix string) string { return prefix + ":{members}" }
 
-// newFleetClient makes a client as the store does (same settings, no
-// retries: a renewal is one round trip within the timeout).
+// newFleetClient makes a client as the store does (same settings: a
+// renewal is one round trip within the timeout).
 func newFleetClient(o redis.UniversalOptions, timeout time.Duration) redis.UniversalClient {
-	o.DisableIdentity = true
-	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	o.ContextTimeoutEnabled = true
-	o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout = timeout, timeout, timeout, timeout
-	o.MaxRetries = 1
-	o.MinRetryBackoff, o.MaxRetryBackoff = 5*time.Millisecond, 50*time.Millisecond
-	switch {
-	case o.MasterName != "":
-		fo := o.Failover()
-		fo.DialerRetries, fo.DialerRetryTimeout = 1, time.Millisecond
-		return redis.NewFailoverClient(fo)
-	case len(o.Addrs) > 1 || o.IsClusterMode:
-		co := o.Cluster()
-		co.DialerRetries, co.DialerRetryTimeout = 1, time.Millisecond
-		return redis.NewClusterClient(co)
-	}
-	so := o.Simple()
-	so.DialerRetries, so.DialerRetryTimeout = 1, time.Millisecond
-	return redis.NewClient(so)
+	configureClient(&o, timeout)
+	return newClient(o)
 }
 
 // ID is this agent's id in the fleet.

@@ -269,19 +269,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		opts.Log = NopLogger{}
 	}
 	redisLogOnce.Do(func() { redis.SetLogger(debugLogger{opts.Log}) })
-	c := &opts.Client
-	c.DisableIdentity = true
-	c.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	c.ContextTimeoutEnabled = true
-	c.DialTimeout = opts.Timeout
-	c.ReadTimeout = opts.Timeout
-	c.WriteTimeout = opts.Timeout
-	c.PoolTimeout = opts.Timeout
-	// A retry is safe (the script is idempotent) and bounded by the
-	// Update's deadline; one is enough to get past a stale connection.
-	c.MaxRetries = 1
-	c.MinRetryBackoff = 5 * time.Millisecond
-	c.MaxRetryBackoff = 50 * time.Millisecond
+	configureClient(&opts.Client, opts.Timeout)
 	r := &Redis{
 		opts:    opts,
 		mapping: mappingID,
@@ -359,22 +347,44 @@ func (r *Redis) clientLocked() redis.UniversalClient {
 	if r.client != nil {
 		return r.client
 	}
-	o := r.opts.Client
+	r.client = newClient(r.opts.Client)
+	return r.client
+}
+
+// configureClient sets the connection settings of the store's clients
+// (the store's and the fleet's) on c.
+func configureClient(c *redis.UniversalOptions, timeout time.Duration) {
+	c.DisableIdentity = true
+	c.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	c.ContextTimeoutEnabled = true
+	c.DialTimeout = timeout
+	c.ReadTimeout = timeout
+	c.WriteTimeout = timeout
+	c.PoolTimeout = timeout
+	// A retry is safe (the script is idempotent) and bounded by the
+	// Update's deadline; one is enough to get past a stale connection.
+	c.MaxRetries = 1
+	c.MinRetryBackoff = 5 * time.Millisecond
+	c.MaxRetryBackoff = 50 * time.Millisecond
+}
+
+// newClient makes the client o describes: Sentinel (a master name),
+// Cluster (several addresses, or cluster mode) or a single node, each
+// dialing once per attempt.
+func newClient(o redis.UniversalOptions) redis.UniversalClient {
 	switch {
 	case o.MasterName != "":
 		fo := o.Failover()
 		fo.DialerRetries, fo.DialerRetryTimeout = 1, time.Millisecond
-		r.client = redis.NewFailoverClient(fo)
+		return redis.NewFailoverClient(fo)
 	case len(o.Addrs) > 1 || o.IsClusterMode:
 		co := o.Cluster()
 		co.DialerRetries, co.DialerRetryTimeout = 1, time.Millisecond
-		r.client = redis.NewClusterClient(co)
-	default:
-		so := o.Simple()
-		so.DialerRetries, so.DialerRetryTimeout = 1, time.Millisecond
-		r.client = redis.NewClient(so)
+		return redis.NewClusterClient(co)
 	}
-	return r.client
+	so := o.Simple()
+	so.DialerRetries, so.DialerRetryTimeout = 1, time.Millisecond
+	return redis.NewClient(so)
 }
 
 // maxReplayPerCall bounds the queued observations of one service sent in
