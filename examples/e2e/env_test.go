@@ -63,23 +63,22 @@ func telegrafBinary(t *testing.T) string {
 	return bin
 }
 
-// influxd returns the path of InfluxDB 1.x's server, installing Debian's
-// influxdb package when it is missing (as `make deps` does).
-func influxd(t *testing.T) string {
+// debianBinary returns the path of bin, installing Debian's package pkg
+// when it is missing (as `make deps` does).
+func debianBinary(t *testing.T, bin, pkg string) string {
 	t.Helper()
-	if p, err := exec.LookPath("influxd"); err == nil {
+	if p, err := exec.LookPath(bin); err == nil {
 		return p
 	}
-	t.Log("influxd not found: installing Debian's influxdb package")
+	t.Logf("%s not found: installing Debian's %s package", bin, pkg)
 	sudo := ""
 	if os.Geteuid() != 0 {
 		sudo = "sudo "
 	}
-	install := exec.Command("sh", "-c", sudo+"apt-get update -qq && DEBIAN_FRONTEND=noninteractive "+sudo+"apt-get install -y -qq influxdb")
-	out, err := install.CombinedOutput()
-	require.NoError(t, err, "apt-get install influxdb: %s", out)
-	p, err := exec.LookPath("influxd")
-	require.NoError(t, err, "influxd still missing after installing influxdb")
+	out, err := exec.Command("sh", "-c", sudo+"apt-get update -qq && DEBIAN_FRONTEND=noninteractive "+sudo+"apt-get install -y -qq "+pkg).CombinedOutput()
+	require.NoError(t, err, "apt-get install %s: %s", pkg, out)
+	p, err := exec.LookPath(bin)
+	require.NoError(t, err, "%s still missing after installing %s", bin, pkg)
 	return p
 }
 
@@ -195,7 +194,7 @@ func startEnv(t *testing.T) *env {
 	t.Helper()
 	root := repoRoot(t)
 	tgBin := telegrafBinary(t)
-	influxdBin := influxd(t)
+	influxdBin := debianBinary(t, "influxd", "influxdb") // InfluxDB 1.x's server
 
 	dir := newRunDir(t)
 	e := &env{dir: dir}

@@ -19,7 +19,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -61,25 +60,6 @@ type promEnv struct {
 	shippedExpr map[string]bool // alert names of the shipped alerts.yml
 	target      string          // Telegraf's prometheus_client, host:port
 	stopOnce    sync.Once
-}
-
-// debianBinary returns the path of bin, installing Debian's package pkg
-// when it is missing (as `make deps` does).
-func debianBinary(t *testing.T, bin, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(bin); err == nil {
-		return p
-	}
-	t.Logf("%s not found: installing Debian's %s package", bin, pkg)
-	sudo := ""
-	if os.Geteuid() != 0 {
-		sudo = "sudo "
-	}
-	out, err := exec.Command("sh", "-c", sudo+"apt-get update -qq && DEBIAN_FRONTEND=noninteractive "+sudo+"apt-get install -y -qq "+pkg).CombinedOutput()
-	require.NoError(t, err, "apt-get install %s: %s", pkg, out)
-	p, err := exec.LookPath(bin)
-	require.NoError(t, err, "%s still missing after installing %s", bin, pkg)
-	return p
 }
 
 // selfSignedTLS serves HTTPS with a certificate (its own CA) that expires
