@@ -96,10 +96,7 @@ func (e *Engine) SetTargets(targets []*Target, s Settings) (old []*Target) {
 	for _, t := range targets {
 		t.hash = offsetHash(s.Seed, t.Name)
 		if p := prev[t.Name]; p != nil {
-			t.lastStart, t.last = p.lastStart, p.last
-			t.status, t.since, t.seen = p.status, p.since, p.seen
-			t.history, t.next = p.history, p.next
-			t.owned, t.ownSeen = p.owned, p.ownSeen
+			t.kept = p.kept
 		}
 	}
 	old, e.targets, e.settings = e.targets, targets, s

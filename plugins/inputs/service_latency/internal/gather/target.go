@@ -38,20 +38,27 @@ type Target struct {
 	fieldNames percentileNames
 	le         []string // the histogram's `le` tag values, one per bucket and "+Inf"
 
+	// hash places the target within the spread (of its name and the seed).
+	hash uint64
+	// fresh is this gather's entry (until the report is made).
+	fresh *Service
+	// The engine's bookkeeping of the service, which a reload carries
+	// over to the target of the same name (SetTargets). Written by the
+	// engine only.
+	kept
+}
+
+// kept is a target's bookkeeping that outlives a reload.
+type kept struct {
 	// This agent's own view of the service's verdict, for logging its
 	// changes (the state may be shared with other agents): the status it
-	// last saw, since when; seen is false until it has seen one. Written
-	// by the engine only.
+	// last saw, since when; seen is false until it has seen one.
 	status stats.Status
 	since  int64
 	seen   bool
-	// hash places the target within the spread; lastStart and last are its
-	// last round's start and entry.
-	hash      uint64
+	// lastStart and last are its last round's start and entry.
 	lastStart time.Time
 	last      *Service
-	// fresh is this gather's entry (until the report is made).
-	fresh *Service
 	// owned: this agent probed the service at the last gather (always,
 	// without probe_replicas); ownSeen: once it has been decided.
 	owned, ownSeen bool
