@@ -281,6 +281,24 @@ var misplacedPlans = sync.OnceValue(func() map[string][]*optionField {
 	return plans
 })
 
+// tomlValue parses raw, the TOML source of one value as the decoder hands
+// it to an Unmarshaler. Its errors name key; want is the error when raw
+// is not a value.
+func tomlValue(raw []byte, key, want string) (ast.Value, error) {
+	src := make([]byte, 0, len(raw)+4)
+	src = append(src, "v = "...)
+	src = append(src, raw...)
+	tbl, err := toml.Parse(src)
+	if err != nil {
+		return nil, keyerr.New(key, err)
+	}
+	kv, ok := tbl.Fields["v"].(*ast.KeyValue)
+	if !ok {
+		return nil, keyerr.Errorf(key, "%s", want)
+	}
+	return kv.Value, nil
+}
+
 // Privileged is the privileged setting of ICMP probes: "auto" (the
 // default), true or false. In TOML it accepts a boolean or one of the
 // strings "auto", "true", "false".
@@ -296,18 +314,11 @@ const (
 // UnmarshalTOML implements the github.com/influxdata/toml Unmarshaler
 // interface: a boolean, or a string (validated by New).
 func (p *Privileged) UnmarshalTOML(raw []byte) error {
-	src := make([]byte, 0, len(raw)+4)
-	src = append(src, "v = "...)
-	src = append(src, raw...)
-	tbl, err := toml.Parse(src)
+	value, err := tomlValue(raw, "privileged", `want true, false or "auto"`)
 	if err != nil {
-		return keyerr.New("privileged", err)
+		return err
 	}
-	kv, ok := tbl.Fields["v"].(*ast.KeyValue)
-	if !ok {
-		return keyerr.Errorf("privileged", `want true, false or "auto"`)
-	}
-	switch v := kv.Value.(type) {
+	switch v := value.(type) {
 	case *ast.Boolean:
 		*p = Privileged(v.Value)
 	case *ast.String:
@@ -329,19 +340,12 @@ type StatusList []string
 // is parsed here so that an array may mix integers and strings (the decoder
 // itself rejects mixed arrays).
 func (s *StatusList) UnmarshalTOML(raw []byte) error {
-	src := make([]byte, 0, len(raw)+4)
-	src = append(src, "v = "...)
-	src = append(src, raw...)
-	tbl, err := toml.Parse(src)
+	value, err := tomlValue(raw, "expected_status", "want an integer, a string or an array of them")
 	if err != nil {
-		return keyerr.New("expected_status", err)
+		return err
 	}
-	kv, ok := tbl.Fields["v"].(*ast.KeyValue)
-	if !ok {
-		return keyerr.Errorf("expected_status", "want an integer, a string or an array of them")
-	}
-	values := []ast.Value{kv.Value}
-	if arr, ok := kv.Value.(*ast.Array); ok {
+	values := []ast.Value{value}
+	if arr, ok := value.(*ast.Array); ok {
 		values = arr.Value
 	}
 	out := make(StatusList, 0, len(values))
