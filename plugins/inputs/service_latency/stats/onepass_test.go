@@ -62,3 +62,16 @@ func TestLifetimeOnePassEqualsPerPercentile(t *testing.T) {
 		}
 	}
 }
+
+// TestLifetimeOnePassIsTaken: the sketch module's layout is the one
+// denseBins reads, so Snapshot does walk the bins once (a module upgrade
+// that moved them would fall back silently, still bit-equal, and only
+// this test would tell).
+func TestLifetimeOnePassIsTaken(t *testing.T) {
+	require.True(t, denseLayout.ok, "store.DenseStore's layout changed: lifetimeOnePass always falls back")
+	s := NewState(Params{Window: 10, HalfLife: time.Minute})
+	s.Observe(time.Unix(1_700_000_000, 0), true, 0.02, Params{Window: 10, HalfLife: time.Minute})
+	var dst Snapshot
+	require.True(t, s.lifetimeOnePass([]float64{50, 99}, &dst))
+	require.Len(t, dst.Lifetime, 2)
+}
