@@ -405,6 +405,12 @@ func (e *env) leftovers(what ...string) []string {
 	if len(what) == 0 {
 		what = []string{e.dir}
 	}
+	return procsMentioning(what...)
+}
+
+// procsMentioning lists the processes, this one aside, whose command line
+// mentions any of what ("pid: command line").
+func procsMentioning(what ...string) []string {
 	var left []string
 	entries, _ := os.ReadDir("/proc")
 	for _, ent := range entries {

@@ -500,7 +500,7 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 // findPlugin returns the pid of our binary running the main plugin config.
 func (e *promEnv) findPlugin(t *testing.T) int {
 	t.Helper()
-	left := (&env{dir: e.pluginConf}).leftovers()
+	left := procsMentioning(e.pluginConf)
 	var pids []int
 	for _, l := range left {
 		if !strings.Contains(l, e.plugin+" ") {
@@ -725,7 +725,7 @@ func TestTelegrafPrometheusPipeline(t *testing.T) {
 	})
 
 	e.stop()
-	require.Empty(t, (&env{dir: e.dir}).leftovers(), "processes left behind")
+	require.Empty(t, procsMentioning(e.dir), "processes left behind")
 	require.NoError(t, os.RemoveAll(e.dir))
 	_, err := os.Stat(e.dir)
 	require.True(t, os.IsNotExist(err), "temp dir %s left behind", e.dir)
