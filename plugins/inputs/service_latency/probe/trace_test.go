@@ -132,7 +132,7 @@ func TestTracedOutcomeUnchanged(t *testing.T) {
 		{"redirect not followed", plain.URL + "/redirect", Options{ExpectedStatus: StatusList{"302"}}},
 		{"untrusted", secure.URL + "/", Options{}},
 		{"trusted", secure.URL + "/", Options{ClientConfig: telegraftls.ClientConfig{TLSCA: cert.caFile}}},
-		{"refused", "http://" + refused(t) + "/", Options{}},
+		{"refused", "http://" + freePort(t) + "/", Options{}},
 	}
 	for _, c := range https {
 		t.Run("http "+c.name, func(t *testing.T) {
@@ -168,15 +168,6 @@ func TestTracedOutcomeUnchanged(t *testing.T) {
 			requireSameResult(t, p.Probe(context.Background()), r)
 		})
 	}
-}
-
-func refused(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
 }
 
 // countingCtx counts the lookups of the tracer key.
@@ -427,7 +418,7 @@ func TestTraceTCP(t *testing.T) {
 	requireOutcome(t, StringMismatch, r)
 	require.Contains(t, trace, `assert: expect "NOPE" → FAIL`, trace)
 
-	r, trace = traced(mustNew(t, "tcp://localhost:"+portOf(t, refused(t)), 2*time.Second, Options{}))
+	r, trace = traced(mustNew(t, "tcp://localhost:"+portOf(t, freePort(t)), 2*time.Second, Options{}))
 	requireOutcome(t, ConnectionFailed, r)
 	require.Regexp(t, `resolve: localhost → \S+`, trace)
 	require.Contains(t, trace, "connection refused", trace)
