@@ -237,20 +237,28 @@ func (ft fieldTypes) lookup(field string) (string, bool) {
 	return "", false
 }
 
+// pluginReadmeSection is plugins/inputs/service_latency/README.md from the
+// line that starts with heading to the next "## " heading.
+func pluginReadmeSection(t *testing.T, heading string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "plugins", "inputs", "service_latency", "README.md"))
+	require.NoError(t, err)
+	s := string(b)
+	i := strings.Index(s, "\n"+heading)
+	require.GreaterOrEqual(t, i, 0, "the plugin README has no %q", heading)
+	s = s[i+1:]
+	if j := strings.Index(s[len(heading):], "\n## "); j >= 0 {
+		s = s[:len(heading)+j]
+	}
+	return s
+}
+
 // readmeFieldTypes reads list items like
 // "- latency_min, latency_max (float, s): ..." from the service_latency
 // part of plugins/inputs/service_latency/README.md's Metrics section.
 func readmeFieldTypes(t *testing.T) fieldTypes {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), "plugins", "inputs", "service_latency", "README.md"))
-	require.NoError(t, err)
-	sec := string(b)
-	start := strings.Index(sec, "\n## Metrics")
-	require.GreaterOrEqual(t, start, 0, "README has no Metrics section")
-	sec = sec[start+1:]
-	if end := strings.Index(sec, "\n## "); end >= 0 {
-		sec = sec[:end]
-	}
+	sec := pluginReadmeSection(t, "## Metrics")
 	if end := strings.Index(sec, "- service_latency_histogram"); end >= 0 {
 		sec = sec[:end]
 	}

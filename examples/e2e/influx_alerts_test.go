@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,15 +16,7 @@ import (
 // README's "Alerting" subsection: rule name → query.
 func readmeAlertQueries(t *testing.T) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), "plugins", "inputs", "service_latency", "README.md"))
-	require.NoError(t, err)
-	s := string(b)
-	i := strings.Index(s, "\n### Alerting\n")
-	require.GreaterOrEqual(t, i, 0, "the plugin README has no Alerting subsection")
-	s = s[i+1:]
-	if j := strings.Index(s[4:], "\n## "); j >= 0 {
-		s = s[:j+4]
-	}
+	s := pluginReadmeSection(t, "### Alerting\n")
 	re := regexp.MustCompile("(?m)^-- (\\w+): .*\n(SELECT .*)$")
 	out := map[string]string{}
 	for _, m := range re.FindAllStringSubmatch(s, -1) {
