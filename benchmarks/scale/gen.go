@@ -5,6 +5,8 @@ import (
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/config"
 	"github.com/service-latency/service_latency/plugins/inputs/service_latency/store"
 
+	"github.com/service-latency/service_latency/benchmarks/internal/loopback"
+
 	"fmt"
 	"strings"
 	"syscall"
@@ -12,16 +14,16 @@ import (
 )
 
 // genConfig is the plugin's config file for n services: service i is
-// named "svc-i" and probes http://127.0.0.(1 + i%addrs):port/svc/i on
-// one of the loopback targets; every tenth service has a tag. extra is
-// added to the plugin table (state_file, keep_alive, ...).
-func genConfig(n, addrs, port int, extra string) []byte {
+// named "svc-i" and probes loopback.URL(hosts, i, 1ms) on one of the
+// targets; every tenth service has a tag. extra is added to the plugin
+// table (state_file, keep_alive, ...).
+func genConfig(n int, hosts []string, extra string) []byte {
 	var b strings.Builder
 	b.Grow(n * 110)
 	b.WriteString("[[inputs.service_latency]]\n  timeout = \"5s\"\n")
 	b.WriteString(extra)
 	for i := range n {
-		fmt.Fprintf(&b, "  [[inputs.service_latency.service]]\n    name = \"svc-%d\"\n    url = \"http://127.0.0.%d:%d/svc/%d?delay=1ms\"\n", i, 1+i%addrs, port, i)
+		fmt.Fprintf(&b, "  [[inputs.service_latency.service]]\n    name = \"svc-%d\"\n    url = %q\n", i, loopback.URL(hosts, i, time.Millisecond))
 		if i%10 == 0 {
 			fmt.Fprintf(&b, "    tags = { team = \"t%d\" }\n", i%7)
 		}

@@ -164,31 +164,14 @@ func run(scaleNs []int, keep keepupOptions, target, out string) error {
 // runScale is the start-up / memory / state-file part: 8 targets on
 // 127.0.0.1–8, one child per N.
 func runScale(ns []int, target string) ([]result, error) {
-	var port = 18290
-	var procs []*exec.Cmd
-	defer func() {
-		for _, c := range procs {
-			c.Process.Kill()
-			c.Wait()
-		}
-	}()
-	for a := 1; a <= 8; a++ {
-		c := exec.Command(target, "-listen", fmt.Sprintf("127.0.0.%d:%d", a, port), "-delay", "1ms")
-		c.Stderr = os.Stderr
-		if err := c.Start(); err != nil {
-			return nil, err
-		}
-		procs = append(procs, c)
+	tg, err := loopback.Start(target, 8, loopback.Options{Args: []string{"-delay", "1ms"}})
+	if err != nil {
+		return nil, err
 	}
-	for a := 1; a <= 8; a++ {
-		addr := fmt.Sprintf("127.0.0.%d:%d", a, port)
-		if err := loopback.WaitListening(addr, 2*time.Second); err != nil {
-			return nil, fmt.Errorf("target %s: %w", addr, err)
-		}
-	}
+	defer tg.Stop()
 	var rows []result
 	for _, n := range ns {
-		r, err := runChild(n, port)
+		r, err := runChild(n, tg.Hosts)
 		if err != nil {
 			return nil, fmt.Errorf("N=%d: %w", n, err)
 		}
@@ -198,14 +181,14 @@ func runScale(ns []int, target string) ([]result, error) {
 	return rows, nil
 }
 
-func runChild(n, port int) (result, error) {
+func runChild(n int, hosts []string) (result, error) {
 	var r result
 	self, err := os.Executable()
 	if err != nil {
 		return r, err
 	}
 	c := exec.Command(self)
-	c.Env = append(os.Environ(), roleEnv+"=1", "LATENCY_SCALE_N="+strconv.Itoa(n), "LATENCY_SCALE_PORT="+strconv.Itoa(port))
+	c.Env = append(os.Environ(), roleEnv+"=1", "LATENCY_SCALE_N="+strconv.Itoa(n), "LATENCY_SCALE_HOSTS="+strings.Join(hosts, ","))
 	c.Stderr = os.Stderr
 	data, err := c.Output()
 	if err != nil {
@@ -216,8 +199,7 @@ func runChild(n, port int) (result, error) {
 
 func child() int {
 	n, _ := strconv.Atoi(os.Getenv("LATENCY_SCALE_N"))
-	port, _ := strconv.Atoi(os.Getenv("LATENCY_SCALE_PORT"))
-	r, err := measure(n, port)
+	r, err := measure(n, strings.Split(os.Getenv("LATENCY_SCALE_HOSTS"), ","))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 1
@@ -226,7 +208,7 @@ func child() int {
 	return 0
 }
 
-func measure(n, port int) (*result, error) {
+func measure(n int, hosts []string) (*result, error) {
 	r := &result{N: n}
 	dir, err := os.MkdirTemp("", "latency_scale")
 	if err != nil {
@@ -236,7 +218,7 @@ func measure(n, port int) (*result, error) {
 	path := filepath.Join(dir, "scale.conf")
 	stateFile := filepath.Join(dir, "scale.state")
 	extra := fmt.Sprintf("  spread = \"0s\"\n  state_file = %q\n", stateFile)
-	if err := os.WriteFile(path, genConfig(n, 8, port, extra), 0o600); err != nil {
+	if err := os.WriteFile(path, genConfig(n, hosts, extra), 0o600); err != nil {
 		return nil, err
 	}
 	heap0 := heapAfterGC()

@@ -17,12 +17,16 @@ func benchServices() int {
 	return 1000
 }
 
+// hosts8 are 8 loopback targets' addresses (none runs: start-up only).
+var hosts8 = []string{"127.0.0.1:18080", "127.0.0.2:18080", "127.0.0.3:18080", "127.0.0.4:18080",
+	"127.0.0.5:18080", "127.0.0.6:18080", "127.0.0.7:18080", "127.0.0.8:18080"}
+
 // BenchmarkStartup is the binary's start-up: config.Load of a generated
 // file, then the plugin's Init with the memory store (no gather).
 func BenchmarkStartup(b *testing.B) {
 	n := benchServices()
 	path := filepath.Join(b.TempDir(), "scale.conf")
-	if err := os.WriteFile(path, genConfig(n, 8, 18080, ""), 0o600); err != nil {
+	if err := os.WriteFile(path, genConfig(n, hosts8, ""), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
